@@ -1,0 +1,317 @@
+// The C ABI of cpp/include/jax_flash_attn/flash_attn.h over FlashAttention-2's
+// kernels: argument checks, the params structs, and dispatch by dtype, head
+// dim and causality. Everything both bindings share lives here.
+
+#include "jax_flash_attn/flash_attn.h"
+
+#include <cuda_runtime.h>
+#include <cutlass/numeric_types.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <stdexcept>
+#include <string>
+
+#include <c10/cuda/CUDAException.h>  // jfa::CudaError, thrown by the launch templates
+
+#include "flash.h"
+
+namespace FLASH_NAMESPACE {
+
+// Every kernel is referenced weakly: a build links only the kernel files it
+// selected (--//cpp:head_dims, --//cpp:dtypes), and a kernel that was not
+// linked has a null address, which jfa_has_kernel() reports.
+#define JFA_DECLARE_KERNELS(T, D)                                                             \
+  template <>                                                                                 \
+  __attribute__((weak)) void run_mha_fwd_<T, D, false>(Flash_fwd_params&, cudaStream_t);      \
+  template <>                                                                                 \
+  __attribute__((weak)) void run_mha_fwd_<T, D, true>(Flash_fwd_params&, cudaStream_t);       \
+  template <>                                                                                 \
+  __attribute__((weak)) void run_mha_bwd_<T, D, false>(Flash_bwd_params&, cudaStream_t);      \
+  template <>                                                                                 \
+  __attribute__((weak)) void run_mha_bwd_<T, D, true>(Flash_bwd_params&, cudaStream_t);
+
+#define JFA_FOR_EACH_HEAD_DIM(X, T) X(T, 32) X(T, 64) X(T, 96) X(T, 128) X(T, 192) X(T, 256)
+JFA_FOR_EACH_HEAD_DIM(JFA_DECLARE_KERNELS, cutlass::half_t)
+JFA_FOR_EACH_HEAD_DIM(JFA_DECLARE_KERNELS, cutlass::bfloat16_t)
+
+}  // namespace FLASH_NAMESPACE
+
+namespace {
+
+using FLASH_NAMESPACE::Flash_bwd_params;
+using FLASH_NAMESPACE::Flash_fwd_params;
+using FwdFn = void (*)(Flash_fwd_params&, cudaStream_t);
+using BwdFn = void (*)(Flash_bwd_params&, cudaStream_t);
+
+struct Kernels {
+  FwdFn fwd[2];  // [is_causal]
+  BwdFn bwd[2];
+};
+
+class Error : public std::runtime_error {
+ public:
+  Error(jfa_status status, const std::string& message)
+      : std::runtime_error(message), status(status) {}
+  jfa_status status;
+};
+
+// FlashAttention-2 compiles one kernel per head-dim bucket; smaller head dims
+// run in the next bucket up with masked columns.
+int64_t head_dim_bucket(int64_t d) {
+  for (int64_t bucket : {32, 64, 96, 128, 192, 256}) {
+    if (d <= bucket) return bucket;
+  }
+  return 0;
+}
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+template <typename T, int D>
+Kernels kernels_for() {
+  using namespace FLASH_NAMESPACE;
+  return {{&run_mha_fwd_<T, D, false>, &run_mha_fwd_<T, D, true>},
+          {&run_mha_bwd_<T, D, false>, &run_mha_bwd_<T, D, true>}};
+}
+
+template <typename T>
+Kernels kernels_for_dim(int64_t bucket) {
+  switch (bucket) {
+    case 32: return kernels_for<T, 32>();
+    case 64: return kernels_for<T, 64>();
+    case 96: return kernels_for<T, 96>();
+    case 128: return kernels_for<T, 128>();
+    case 192: return kernels_for<T, 192>();
+    case 256: return kernels_for<T, 256>();
+  }
+  return {{nullptr, nullptr}, {nullptr, nullptr}};
+}
+
+Kernels lookup(jfa_dtype dtype, int64_t head_dim) {
+  const int64_t bucket = head_dim_bucket(head_dim);
+  return dtype == JFA_BFLOAT16 ? kernels_for_dim<cutlass::bfloat16_t>(bucket)
+                               : kernels_for_dim<cutlass::half_t>(bucket);
+}
+
+const char* dtype_name(jfa_dtype dtype) { return dtype == JFA_BFLOAT16 ? "bfloat16" : "float16"; }
+
+void require(bool ok, const std::string& message) {
+  if (!ok) throw Error(JFA_INVALID_ARGUMENT, message);
+}
+
+void check_shape(const jfa_attention_shape& s) {
+  require(s.dtype == JFA_FLOAT16 || s.dtype == JFA_BFLOAT16,
+          "dtype must be float16 or bfloat16, got code " + std::to_string(s.dtype));
+  require(s.batch > 0, "batch must be positive, got " + std::to_string(s.batch));
+  require(s.seqlen_q > 0, "seqlen_q must be positive, got " + std::to_string(s.seqlen_q));
+  require(s.seqlen_k > 0, "seqlen_k must be positive, got " + std::to_string(s.seqlen_k));
+  require(s.seqlen_q < (int64_t{1} << 31) && s.seqlen_k < (int64_t{1} << 31),
+          "sequence lengths must be below 2**31");
+  require(s.num_heads > 0 && s.num_heads_k > 0, "num_heads and num_heads_k must be positive");
+  require(s.num_heads % s.num_heads_k == 0,
+          "num_heads (" + std::to_string(s.num_heads) + ") must be a multiple of num_heads_k (" +
+              std::to_string(s.num_heads_k) + ")");
+  require(s.head_dim > 0 && s.head_dim <= 256 && s.head_dim % 8 == 0,
+          "head_dim must be a multiple of 8 in [8, 256], got " + std::to_string(s.head_dim));
+  require(s.window_left >= -1 && s.window_right >= -1,
+          "window sizes must be -1 (unbounded) or non-negative, got (" +
+              std::to_string(s.window_left) + ", " + std::to_string(s.window_right) + ")");
+  require(std::isfinite(s.softmax_scale), "softmax_scale must be finite");
+  require(std::isfinite(s.softcap) && s.softcap >= 0.f, "softcap must be finite and >= 0");
+}
+
+Kernels require_kernels(const jfa_attention_shape& s) {
+  Kernels k = lookup(s.dtype, s.head_dim);
+  if (k.fwd[0] == nullptr) {
+    throw Error(JFA_UNSUPPORTED,
+                std::string("this build has no kernel for ") + dtype_name(s.dtype) +
+                    " with head_dim " + std::to_string(s.head_dim) + " (build config: " +
+                    jfa_build_config() + ")");
+  }
+  return k;
+}
+
+// Fills what the forward and backward params share. Layouts are dense
+// [batch, seq, heads, dim], so strides follow from the shape.
+void fill_fwd(Flash_fwd_params& p, const jfa_attention_shape& s, const void* q, const void* k,
+              const void* v, const void* out, const float* lse) {
+  p = {};
+  p.is_bf16 = s.dtype == JFA_BFLOAT16;
+  p.q_ptr = const_cast<void*>(q);
+  p.k_ptr = const_cast<void*>(k);
+  p.v_ptr = const_cast<void*>(v);
+  p.o_ptr = const_cast<void*>(out);
+  p.softmax_lse_ptr = const_cast<float*>(lse);
+  p.q_row_stride = p.o_row_stride = s.num_heads * s.head_dim;
+  p.k_row_stride = p.v_row_stride = s.num_heads_k * s.head_dim;
+  p.q_head_stride = p.k_head_stride = p.v_head_stride = p.o_head_stride = s.head_dim;
+  p.q_batch_stride = p.o_batch_stride = s.seqlen_q * p.q_row_stride;
+  p.k_batch_stride = p.v_batch_stride = s.seqlen_k * p.k_row_stride;
+
+  p.b = static_cast<int>(s.batch);
+  p.h = static_cast<int>(s.num_heads);
+  p.h_k = static_cast<int>(s.num_heads_k);
+  p.h_h_k_ratio = p.h / p.h_k;
+  p.seqlen_q = static_cast<int>(s.seqlen_q);
+  p.seqlen_k = static_cast<int>(s.seqlen_k);
+  p.seqlen_q_rounded = static_cast<int>(round_up(s.seqlen_q, 128));
+  p.seqlen_k_rounded = static_cast<int>(round_up(s.seqlen_k, 128));
+  p.d = static_cast<int>(s.head_dim);
+  p.d_rounded = static_cast<int>(round_up(s.head_dim, s.head_dim <= 128 ? 32 : 64));
+
+  if (s.softcap > 0.f) {
+    p.softcap = s.softmax_scale / s.softcap;
+    p.scale_softmax = s.softcap;
+  } else {
+    p.softcap = 0.f;
+    p.scale_softmax = s.softmax_scale;
+  }
+  p.scale_softmax_log2 = p.scale_softmax * static_cast<float>(M_LOG2E);
+
+  // No dropout: the keep probability is 1.
+  p.p_dropout = 1.f;
+  p.p_dropout_in_uint8_t = 255;
+  p.rp_dropout = 1.f;
+  p.scale_softmax_rp_dropout = p.scale_softmax;
+
+  // Windows are relative to the bottom-right-aligned diagonal: query i sees
+  // key j when i + sk - sq - left <= j <= i + sk - sq + right. Causal is the
+  // window (-1, 0); the kernels take that case on their causal path.
+  int64_t left = s.window_left, right = s.is_causal ? 0 : s.window_right;
+  if (left >= s.seqlen_k) left = -1;
+  if (right >= s.seqlen_k) right = -1;
+  p.is_causal = left < 0 && right == 0;
+  // A one-sided window: the open side must reach every key from every query.
+  const int64_t unbounded = s.seqlen_k + s.seqlen_q;
+  if (left < 0 && right >= 0) left = unbounded;
+  if (left >= 0 && right < 0) right = unbounded;
+  p.window_size_left = static_cast<int>(left);
+  p.window_size_right = static_cast<int>(right);
+
+  p.is_seqlens_k_cumulative = true;
+  p.num_splits = 0;
+}
+
+cudaStream_t as_stream(void* stream) { return static_cast<cudaStream_t>(stream); }
+
+void launch_check(const char* what) {
+  const cudaError_t status = cudaPeekAtLastError();
+  if (status != cudaSuccess) {
+    throw Error(JFA_CUDA_ERROR, std::string(what) + ": " + cudaGetErrorString(status));
+  }
+}
+
+void mha_fwd(const jfa_fwd_args& a, cudaStream_t stream) {
+  check_shape(a.shape);
+  require(a.q && a.k && a.v && a.out && a.softmax_lse, "null tensor pointer in forward arguments");
+  Kernels kernels = require_kernels(a.shape);
+  Flash_fwd_params p;
+  fill_fwd(p, a.shape, a.q, a.k, a.v, a.out, a.softmax_lse);
+  kernels.fwd[p.is_causal ? 1 : 0](p, stream);
+  launch_check("flash attention forward launch");
+}
+
+void mha_bwd(const jfa_bwd_args& a, cudaStream_t stream) {
+  const jfa_attention_shape& s = a.shape;
+  check_shape(s);
+  require(a.q && a.k && a.v && a.out && a.softmax_lse && a.dout && a.dq && a.dk && a.dv &&
+              a.dq_accum && a.softmax_d,
+          "null tensor pointer in backward arguments");
+  Kernels kernels = require_kernels(s);
+  Flash_bwd_params p;
+  fill_fwd(p, s, a.q, a.k, a.v, a.out, a.softmax_lse);
+  const int64_t row = s.num_heads * s.head_dim;  // dout, dq, and the expanded dk, dv
+  p.do_ptr = const_cast<void*>(a.dout);
+  p.dq_ptr = a.dq;
+  p.dk_ptr = a.dk;
+  p.dv_ptr = a.dv;
+  p.do_row_stride = p.dq_row_stride = p.dk_row_stride = p.dv_row_stride = row;
+  p.do_head_stride = p.dq_head_stride = p.dk_head_stride = p.dv_head_stride = s.head_dim;
+  p.do_batch_stride = p.dq_batch_stride = s.seqlen_q * row;
+  p.dk_batch_stride = p.dv_batch_stride = s.seqlen_k * row;
+  p.dq_accum_ptr = a.dq_accum;
+  p.dsoftmax_sum = a.softmax_d;
+  p.deterministic = false;
+  p.dq_accum_split_stride = 0;
+  kernels.bwd[p.is_causal ? 1 : 0](p, stream);
+  launch_check("flash attention backward launch");
+}
+
+// Runs `body`, turning any exception into a status and a message.
+template <typename F>
+int guarded(char* err, size_t err_len, F&& body) {
+  jfa_status status = JFA_OK;
+  std::string message;
+  try {
+    body();
+  } catch (const Error& e) {
+    status = e.status;
+    message = e.what();
+  } catch (const jfa::CudaError& e) {
+    status = JFA_CUDA_ERROR;
+    message = e.what();
+  } catch (const std::exception& e) {
+    status = JFA_INTERNAL;
+    message = e.what();
+  } catch (...) {
+    status = JFA_INTERNAL;
+    message = "unknown error";
+  }
+  if (status != JFA_OK && err != nullptr && err_len > 0) {
+    std::snprintf(err, err_len, "%s", message.c_str());
+  }
+  return status;
+}
+
+}  // namespace
+
+extern "C" {
+
+void jfa_bwd_workspace_elems(const jfa_attention_shape* s, int64_t* dq_accum_elems,
+                             int64_t* softmax_d_elems) {
+  const int64_t seqlen_q_rounded = round_up(s->seqlen_q, 128);
+  const int64_t head_dim_rounded = round_up(s->head_dim, s->head_dim <= 128 ? 32 : 64);
+  *dq_accum_elems = s->batch * seqlen_q_rounded * s->num_heads * head_dim_rounded;
+  *softmax_d_elems = s->batch * s->num_heads * seqlen_q_rounded;
+}
+
+int jfa_check_shape(const jfa_attention_shape* shape, char* err, size_t err_len) {
+  return guarded(err, err_len, [&] { check_shape(*shape); });
+}
+
+int jfa_mha_fwd(const jfa_fwd_args* args, void* stream, char* err, size_t err_len) {
+  return guarded(err, err_len, [&] { mha_fwd(*args, as_stream(stream)); });
+}
+
+int jfa_mha_bwd(const jfa_bwd_args* args, void* stream, char* err, size_t err_len) {
+  return guarded(err, err_len, [&] { mha_bwd(*args, as_stream(stream)); });
+}
+
+int jfa_has_kernel(jfa_dtype dtype, int64_t head_dim) {
+  if (dtype != JFA_FLOAT16 && dtype != JFA_BFLOAT16) return 0;
+  const Kernels k = lookup(dtype, head_dim);
+  return k.fwd[0] && k.fwd[1] && k.bwd[0] && k.bwd[1];
+}
+
+const char* jfa_build_config(void) {
+  static const std::string config = [] {
+    std::string kernels;
+    for (jfa_dtype dtype : {JFA_FLOAT16, JFA_BFLOAT16}) {
+      for (int d : {32, 64, 96, 128, 192, 256}) {
+        if (jfa_has_kernel(dtype, d)) {
+          kernels += std::string(kernels.empty() ? "" : " ") + dtype_name(dtype) + "/" +
+                     std::to_string(d);
+        }
+      }
+    }
+    return "kernels: " + (kernels.empty() ? std::string("none") : kernels);
+  }();
+  return config.c_str();
+}
+
+int jfa_abi_version(void) { return JFA_ABI_VERSION; }
+
+}  // extern "C"

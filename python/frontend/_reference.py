@@ -1,0 +1,66 @@
+"""Attention in plain JAX: the CPU fallback of flash_mha and the tests' oracle.
+
+It has the kernels' exact semantics (bottom-right-aligned causal masks and
+windows, softcap, GQA, zeros for rows that see no key) and computes in
+float32, or float64 when the inputs are float64.
+"""
+
+import jax
+import jax.numpy as jnp
+
+
+def normalize_window(window_size, is_causal, seqlen_k):
+    """The (left, right) window the kernels apply; -1 means unbounded."""
+    left, right = window_size
+    if is_causal:
+        right = 0
+    if left >= seqlen_k:
+        left = -1
+    if right >= seqlen_k:
+        right = -1
+    return left, right
+
+
+def attention_mask(seqlen_q, seqlen_k, is_causal=False, window_size=(-1, -1)):
+    """[seqlen_q, seqlen_k] bool: may query i attend to key j?"""
+    left, right = normalize_window(window_size, is_causal, seqlen_k)
+    i = jnp.arange(seqlen_q)[:, None] + (seqlen_k - seqlen_q)  # the query's diagonal
+    j = jnp.arange(seqlen_k)[None, :]
+    mask = jnp.ones((seqlen_q, seqlen_k), bool)
+    if left >= 0:
+        mask &= j >= i - left
+    if right >= 0:
+        mask &= j <= i + right
+    return mask
+
+
+def attention_reference(q, k, v, softmax_scale=None, is_causal=False, window_size=(-1, -1),
+                        softcap=0.0, compute_dtype=None):
+    """Returns (out, lse): out like q, lse [batch, heads, seqlen_q] float32 (+inf where no key).
+
+    compute_dtype overrides the arithmetic's precision: the tests pass the
+    inputs' own dtype to measure what plain low-precision JAX gets wrong.
+    """
+    out_dtype = q.dtype
+    compute = compute_dtype or (jnp.float64 if q.dtype == jnp.float64 else jnp.float32)
+    q, k, v = (x.astype(compute) for x in (q, k, v))
+    if softmax_scale is None:
+        softmax_scale = q.shape[-1] ** -0.5
+    groups = q.shape[2] // k.shape[2]
+    k = jnp.repeat(k, groups, axis=2)
+    v = jnp.repeat(v, groups, axis=2)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=jax.lax.Precision.HIGHEST)
+    scores = scores * softmax_scale
+    if softcap > 0:
+        scores = softcap * jnp.tanh(scores / softcap)
+    mask = attention_mask(q.shape[1], k.shape[1], is_causal, window_size)
+    scores = jnp.where(mask, scores, -jnp.inf)
+    row_max = jnp.max(scores, axis=-1, keepdims=True)
+    row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
+    p = jnp.exp(scores - row_max)
+    row_sum = jnp.sum(p, axis=-1, keepdims=True)
+    seen = row_sum > 0
+    p = p / jnp.where(seen, row_sum, 1.0)
+    out = jnp.einsum("bhqk,bkhd->bqhd", p, v, precision=jax.lax.Precision.HIGHEST)
+    lse = jnp.where(seen, jnp.log(jnp.where(seen, row_sum, 1.0)) + row_max, jnp.inf)[..., 0]
+    return out.astype(out_dtype), lse.astype(jnp.float32)

@@ -1,0 +1,53 @@
+"""One suite for both bindings: `--bindings cpp|rust|all` (default all).
+
+Every test that takes the `flash` fixture runs once per selected binding,
+with `flash` the imported package (jax_flash_attn or jflash_attn). With
+`all`, a binding whose package is not importable is skipped with the reason;
+a binding named explicitly must import.
+"""
+
+import importlib
+
+import jax
+import numpy as np
+import pytest
+
+PACKAGES = {"cpp": "jax_flash_attn", "rust": "jflash_attn"}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--bindings", default="all", choices=["cpp", "rust", "all"],
+                     help="which binding's package to test (default: all)")
+
+
+def pytest_generate_tests(metafunc):
+    if "flash" in metafunc.fixturenames:
+        chosen = metafunc.config.getoption("bindings")
+        names = list(PACKAGES) if chosen == "all" else [chosen]
+        metafunc.parametrize("flash", names, indirect=True)
+
+
+@pytest.fixture
+def flash(request):
+    try:
+        return importlib.import_module(PACKAGES[request.param])
+    except ImportError as e:
+        if request.config.getoption("bindings") == "all":
+            pytest.skip(f"{PACKAGES[request.param]} ({request.param} binding) is not importable: {e}")
+        raise
+
+
+def on_gpu():
+    return jax.default_backend() == "gpu"
+
+
+requires_gpu = pytest.mark.skipif(
+    not on_gpu(), reason=f"needs a CUDA GPU; jax.default_backend() is {jax.default_backend()!r}")
+
+
+@pytest.fixture
+def rng():
+    """A fresh generator per test; its seed is in the failure message's locals."""
+    seed = np.random.SeedSequence().entropy
+    print(f"random seed: {seed}")
+    return np.random.default_rng(seed)

@@ -1,0 +1,112 @@
+"""Builds the Python packages on a GPU host that has nvcc and Python but no Bazel.
+
+The lent H100 we test on has CUDA 13.0, Python 3.12, pybind11 and jaxlib, but
+neither Bazel nor network, and a pybind11 extension must be compiled for the
+Python that imports it. This script mirrors, for that host only, what
+cpp/BUILD.bazel and third_party/cuda/defs.bzl do (keep the nvcc flags in
+step): nvcc compiles the selected FlashAttention-2 kernels from the flash-attn
+sdist, g++ the C ABI and the pybind11 binding, and the packages are assembled
+as python/package.bzl assembles them. A Rust extension built elsewhere with
+Bazel (abi3) can be added with --rust-extension.
+
+usage: gpu_build.py --sdist flash_attn-2.8.3.post2.tar.gz --out build/site
+                    [--head-dims 64,128,256] [--dtypes fp16,bf16] [--archs sm_90] [--jobs 14]
+"""
+
+import argparse
+import concurrent.futures
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NVCC_FLAGS = ["-std=c++17", "-O3", "--use_fast_math", "--expt-relaxed-constexpr", "--expt-extended-lambda",
+              "-Xcompiler=-fPIC", "-DNDEBUG", "-Xcompiler=-Wno-deprecated-declarations",
+              "-DFLASHATTENTION_DISABLE_DROPOUT"]
+
+
+def run(cmd):
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}\n{result.stdout}\n{result.stderr}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sdist", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--work", default="/tmp/jfa-build")
+    ap.add_argument("--head-dims", default="128")
+    ap.add_argument("--dtypes", default="bf16")
+    ap.add_argument("--archs", default="sm_90")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count())
+    ap.add_argument("--cuda", default=os.environ.get("CUDA_HOME", "/usr/local/cuda"))
+    ap.add_argument("--rust-extension", help="a _jflash_attn_rust.so built by Bazel")
+    args = ap.parse_args()
+
+    os.makedirs(args.work, exist_ok=True)
+    with tarfile.open(args.sdist) as tar:
+        tar.extractall(args.work, filter="data")
+    src = os.path.join(args.work, os.path.basename(args.sdist)[: -len(".tar.gz")], "csrc")
+    includes = [f"-I{ROOT}/cpp/include", f"-I{ROOT}/cpp/compat", f"-I{src}/flash_attn/src",
+                f"-I{src}/cutlass/include", f"-I{args.cuda}/include"]
+    gencode = [f"-gencode=arch=compute_{a[3:]},code=sm_{a[3:]}" for a in args.archs.split(",")]
+    nvcc = os.path.join(args.cuda, "bin", "nvcc")
+
+    sources = [os.path.join(ROOT, "cpp", "flash_api.cu")]
+    for d in args.head_dims.split(","):
+        for t in args.dtypes.split(","):
+            for p in ("fwd", "bwd"):
+                for c in ("", "_causal"):
+                    sources.append(f"{src}/flash_attn/src/flash_{p}_hdim{d}_{t}{c}_sm80.cu")
+
+    def compile_cu(path):
+        obj = os.path.join(args.work, os.path.basename(path) + ".o")
+        start = time.time()
+        run([nvcc, *NVCC_FLAGS, *gencode, *includes, "-c", path, "-o", obj])
+        print(f"  {time.time() - start:6.1f}s {os.path.basename(path)}", flush=True)
+        return obj
+
+    start = time.time()
+    print(f"nvcc: {len(sources)} files on {args.jobs} jobs for {args.archs}", flush=True)
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        objects = list(pool.map(compile_cu, sources))
+    buffers = os.path.join(args.work, "ffi_buffers.o")
+    run(["g++", "-std=c++17", "-O2", "-fPIC", f"-I{ROOT}/cpp/include", "-c",
+         os.path.join(ROOT, "cpp", "ffi_buffers.cc"), "-o", buffers])
+    print(f"kernels compiled in {time.time() - start:.0f}s", flush=True)
+
+    import jax
+    import pybind11
+    site = os.path.abspath(args.out)
+    package = os.path.join(site, "jax_flash_attn")
+    assemble(package, os.path.join(ROOT, "python", "jax_flash_attn", "_binding.py"))
+    run(["g++", "-std=c++17", "-O2", "-fPIC", "-shared", "-fvisibility=hidden",
+         f"-I{ROOT}/cpp/include", f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}",
+         f"-I{jax.ffi.include_dir()}", f"-I{args.cuda}/include",
+         os.path.join(ROOT, "cpp", "jax_flash_attn_cpp.cc"),
+         "-Wl,--whole-archive", *objects, buffers, "-Wl,--no-whole-archive",
+         f"-L{args.cuda}/lib64", "-lcudart_static", "-ldl", "-lpthread", "-lrt", "-Wl,--exclude-libs,ALL",
+         "-o", os.path.join(package, "_jax_flash_attn_cpp.so")])
+    if args.rust_extension:
+        rust = os.path.join(site, "jflash_attn")
+        assemble(rust, os.path.join(ROOT, "python", "jflash_attn", "_binding.py"))
+        shutil.copy(args.rust_extension, os.path.join(rust, "_jflash_attn_rust.so"))
+    print(f"built {site} in {time.time() - start:.0f}s", flush=True)
+
+
+def assemble(package, binding):
+    os.makedirs(package, exist_ok=True)
+    frontend = os.path.join(ROOT, "python", "frontend")
+    for name in os.listdir(frontend):
+        if name.endswith(".py"):
+            shutil.copy(os.path.join(frontend, name), package)
+    shutil.copy(binding, package)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
