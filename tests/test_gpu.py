@@ -59,25 +59,27 @@ def assert_close(name, got, ref, baseline):
 def check_against_reference(flash, rng, dtype, shape, grads=True, **options):
     q, k, v = random_qkv(rng, dtype, *shape)
     dout = jnp.asarray(rng.standard_normal(q.shape, np.float32), dtype)
-    ref_fn = functools.partial(flash.attention_reference, **options)
-    low_fn = functools.partial(flash.attention_reference, compute_dtype=dtype, **options)
+    # Each function is jitted whole: op-by-op dispatch would compile every op
+    # of the references separately for every new shape.
+    kernel = jax.jit(functools.partial(flash.flash_mha, **options))
+    reference = jax.jit(lambda *a: flash.attention_reference(*a, **options)[0])
+    plain = jax.jit(lambda *a: flash.attention_reference(*a, compute_dtype=dtype, **options)[0])
     f32 = [x.astype(jnp.float32) for x in (q, k, v)]
 
     poison_device_memory(4 * q.size * 4)
-    out = jax.jit(functools.partial(flash.flash_mha, **options))(q, k, v)
+    out = kernel(q, k, v)
     assert out.shape == q.shape and out.dtype == q.dtype
-    assert_close("out", out, ref_fn(*f32)[0], low_fn(q, k, v)[0])
+    assert_close("out", out, reference(*f32), plain(q, k, v))
     if not grads:
         return
 
-    def vjp(fn, args, cotangent):
-        _, pullback = jax.vjp(lambda *a: fn(*a), *args)
-        return pullback(cotangent)
+    def vjp(fn):
+        return jax.jit(lambda q, k, v, g: jax.vjp(fn, q, k, v)[1](g))
 
     poison_device_memory(4 * (q.size + k.size + v.size) * 4)
-    got = jax.jit(lambda q, k, v, g: vjp(functools.partial(flash.flash_mha, **options), (q, k, v), g))(q, k, v, dout)
-    want = vjp(lambda *a: ref_fn(*a)[0], f32, dout.astype(jnp.float32))
-    base = vjp(lambda *a: low_fn(*a)[0], (q, k, v), dout)
+    got = vjp(kernel)(q, k, v, dout)
+    want = vjp(reference)(*f32, dout.astype(jnp.float32))
+    base = vjp(plain)(q, k, v, dout)
     for name, g, w, b, x in zip(("dq", "dk", "dv"), got, want, base, (q, k, v)):
         assert g.shape == x.shape and g.dtype == x.dtype, name
         assert_close(name, g, w, b)

@@ -1,0 +1,176 @@
+//! The kernel library's C ABI (`cpp/include/jax_flash_attn/flash_attn.h`),
+//! declared by hand; `tests/abi_layout.cc` checks these declarations against
+//! the header (struct layouts and constants at test time, function types when
+//! it compiles).
+//!
+//! The handlers reach the library through the `KernelLib` trait, so that the
+//! unit tests can watch what a handler would launch without a GPU.
+
+// The header is mirrored whole; not every item is used outside the tests.
+#![allow(dead_code)]
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+
+pub const JFA_ABI_VERSION: c_int = 1;
+
+// jfa_status
+pub const JFA_OK: c_int = 0;
+pub const JFA_INVALID_ARGUMENT: c_int = 1;
+pub const JFA_UNSUPPORTED: c_int = 2;
+
+// jfa_dtype
+pub const JFA_FLOAT16: c_int = 0;
+pub const JFA_BFLOAT16: c_int = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct AttentionShape {
+    pub batch: i64,
+    pub seqlen_q: i64,
+    pub seqlen_k: i64,
+    pub num_heads: i64,
+    pub num_heads_k: i64,
+    pub head_dim: i64,
+    pub dtype: c_int,
+    pub softmax_scale: f32,
+    pub is_causal: i32,
+    pub window_left: i32,
+    pub window_right: i32,
+    pub softcap: f32,
+}
+
+#[repr(C)]
+pub struct FwdArgs {
+    pub shape: AttentionShape,
+    pub q: *const c_void,
+    pub k: *const c_void,
+    pub v: *const c_void,
+    pub out: *mut c_void,
+    pub softmax_lse: *mut f32,
+}
+
+#[repr(C)]
+pub struct BwdArgs {
+    pub shape: AttentionShape,
+    pub q: *const c_void,
+    pub k: *const c_void,
+    pub v: *const c_void,
+    pub out: *const c_void,
+    pub softmax_lse: *const f32,
+    pub dout: *const c_void,
+    pub dq: *mut c_void,
+    pub dk: *mut c_void,
+    pub dv: *mut c_void,
+    pub dq_accum: *mut f32,
+    pub softmax_d: *mut f32,
+}
+
+/// A buffer as XLA describes it: dtype code, rank, dims.
+#[repr(C)]
+pub struct JfaBuffer {
+    pub xla_dtype: i32,
+    pub rank: i64,
+    pub dims: *const i64,
+}
+
+extern "C" {
+    pub fn jfa_fwd_shape_from_buffers(
+        buffers: *const JfaBuffer,
+        num_buffers: usize,
+        shape: *mut AttentionShape,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    pub fn jfa_bwd_shape_from_buffers(
+        buffers: *const JfaBuffer,
+        num_buffers: usize,
+        shape: *mut AttentionShape,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    pub fn jfa_bwd_workspace_elems(
+        shape: *const AttentionShape,
+        dq_accum_elems: *mut i64,
+        softmax_d_elems: *mut i64,
+    );
+    pub fn jfa_check_shape(shape: *const AttentionShape, err: *mut c_char, err_len: usize)
+        -> c_int;
+    pub fn jfa_mha_fwd(
+        args: *const FwdArgs,
+        cuda_stream: *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    pub fn jfa_mha_bwd(
+        args: *const BwdArgs,
+        cuda_stream: *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    pub fn jfa_has_kernel(dtype: c_int, head_dim: i64) -> c_int;
+    pub fn jfa_build_config() -> *const c_char;
+    pub fn jfa_abi_version() -> c_int;
+}
+
+/// A nonzero jfa_status and the library's message for it.
+#[derive(Debug, PartialEq)]
+pub struct Failure {
+    pub status: c_int,
+    pub message: String,
+}
+
+/// The size of the message buffer, as in the C++ binding.
+const ERR_LEN: usize = 1024;
+
+/// Calls a C ABI function that reports errors through (err, err_len).
+fn with_err(call: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<(), Failure> {
+    let mut err = [0 as c_char; ERR_LEN];
+    let status = call(err.as_mut_ptr(), ERR_LEN);
+    if status == JFA_OK {
+        return Ok(());
+    }
+    err[ERR_LEN - 1] = 0;
+    // SAFETY: NUL-terminated above at the latest.
+    let message = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
+    Err(Failure { status, message })
+}
+
+/// What the handlers need of the kernel library.
+pub trait KernelLib {
+    /// Validates the forward buffers; fills the shape fields they determine.
+    fn fwd_shape(&self, buffers: &[JfaBuffer], shape: &mut AttentionShape) -> Result<(), Failure>;
+    fn bwd_shape(&self, buffers: &[JfaBuffer], shape: &mut AttentionShape) -> Result<(), Failure>;
+    /// # Safety
+    /// The pointers in `args` are device buffers of the shape's sizes.
+    unsafe fn mha_fwd(&self, args: &FwdArgs, stream: *mut c_void) -> Result<(), Failure>;
+    /// # Safety
+    /// As `mha_fwd`.
+    unsafe fn mha_bwd(&self, args: &BwdArgs, stream: *mut c_void) -> Result<(), Failure>;
+}
+
+/// The linked kernel library (//cpp:flash_attn_kernels).
+pub struct CAbi;
+
+impl KernelLib for CAbi {
+    fn fwd_shape(&self, buffers: &[JfaBuffer], shape: &mut AttentionShape) -> Result<(), Failure> {
+        // SAFETY: every JfaBuffer's dims point at `rank` values (the caller's contract).
+        with_err(|err, len| unsafe {
+            jfa_fwd_shape_from_buffers(buffers.as_ptr(), buffers.len(), shape, err, len)
+        })
+    }
+
+    fn bwd_shape(&self, buffers: &[JfaBuffer], shape: &mut AttentionShape) -> Result<(), Failure> {
+        // SAFETY: as in fwd_shape.
+        with_err(|err, len| unsafe {
+            jfa_bwd_shape_from_buffers(buffers.as_ptr(), buffers.len(), shape, err, len)
+        })
+    }
+
+    unsafe fn mha_fwd(&self, args: &FwdArgs, stream: *mut c_void) -> Result<(), Failure> {
+        with_err(|err, len| jfa_mha_fwd(args, stream, err, len))
+    }
+
+    unsafe fn mha_bwd(&self, args: &BwdArgs, stream: *mut c_void) -> Result<(), Failure> {
+        with_err(|err, len| jfa_mha_bwd(args, stream, err, len))
+    }
+}

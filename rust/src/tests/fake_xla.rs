@@ -1,0 +1,385 @@
+//! A stand-in for XLA in the tests: an XLA_FFI_Api whose errors are boxed
+//! (code, message) pairs, hand-built call frames, and a kernel library that
+//! validates with the real C ABI but records launches instead of running them.
+
+// The frame's parts are boxed so that their addresses stay put while the
+// vectors holding them grow.
+#![allow(clippy::vec_box)]
+
+use std::cell::RefCell;
+use std::ffi::{c_int, c_void, CStr, CString};
+use std::mem::size_of;
+use std::ptr;
+
+use crate::kernels::{AttentionShape, BwdArgs, CAbi, Failure, FwdArgs, JfaBuffer, KernelLib};
+use crate::xla_ffi::{self as xla, Api, ApiVersion, CallFrame};
+
+struct FakeError {
+    code: c_int,
+    message: CString,
+}
+
+unsafe extern "C" fn error_create(args: *mut xla::ErrorCreateArgs) -> *mut xla::Error {
+    let args = &*args;
+    assert_eq!(args.struct_size, xla::ERROR_CREATE_ARGS_STRUCT_SIZE);
+    let message = CStr::from_ptr(args.message).to_owned();
+    Box::into_raw(Box::new(FakeError { code: args.errc, message })) as *mut xla::Error
+}
+
+unsafe extern "C" fn error_get_message(args: *mut xla::ErrorGetMessageArgs) {
+    let args = &mut *args;
+    args.message = (*(args.error as *const FakeError)).message.as_ptr();
+}
+
+unsafe extern "C" fn error_destroy(args: *mut xla::ErrorDestroyArgs) {
+    drop(Box::from_raw((*args).error as *mut FakeError));
+}
+
+/// The execution context: what XLA_FFI_Stream_Get answers.
+pub struct Ctx {
+    pub stream: usize,
+    pub stream_error: Option<&'static str>,
+}
+
+unsafe extern "C" fn stream_get(args: *mut xla::StreamGetArgs) -> *mut xla::Error {
+    let args = &mut *args;
+    assert_eq!(args.struct_size, xla::STREAM_GET_ARGS_STRUCT_SIZE);
+    let ctx = &*(args.ctx as *const Ctx);
+    match ctx.stream_error {
+        Some(message) => {
+            let error =
+                FakeError { code: xla::ERROR_INTERNAL, message: CString::new(message).unwrap() };
+            Box::into_raw(Box::new(error)) as *mut xla::Error
+        }
+        None => {
+            args.stream = ctx.stream as *mut c_void;
+            ptr::null_mut()
+        }
+    }
+}
+
+pub fn fake_api() -> Api {
+    Api {
+        struct_size: size_of::<Api>(),
+        extension_start: ptr::null_mut(),
+        api_version: ApiVersion {
+            struct_size: xla::API_VERSION_STRUCT_SIZE,
+            extension_start: ptr::null_mut(),
+            major_version: xla::API_MAJOR,
+            minor_version: xla::API_MINOR,
+        },
+        internal_api: ptr::null(),
+        error_create: Some(error_create),
+        error_get_message: Some(error_get_message),
+        error_destroy: Some(error_destroy),
+        handler_register: ptr::null(),
+        stream_get: Some(stream_get),
+    }
+}
+
+/// A buffer operand: dtype code, dims, and a made-up device address.
+#[derive(Clone)]
+pub struct Tensor {
+    pub kind: c_int,
+    pub dtype: xla::DataType,
+    pub dims: Vec<i64>,
+    pub addr: usize,
+}
+
+pub fn tensor(dtype: xla::DataType, dims: &[i64], addr: usize) -> Tensor {
+    Tensor { kind: xla::ARG_BUFFER, dtype, dims: dims.to_vec(), addr }
+}
+
+/// A scalar attribute: name, attribute type, dtype and value bytes.
+#[derive(Clone)]
+pub struct Attr {
+    pub name: String,
+    pub kind: c_int,
+    pub dtype: xla::DataType,
+    pub value: [u8; 8],
+}
+
+pub fn attr(name: &str, dtype: xla::DataType, value: [u8; 8]) -> Attr {
+    Attr { name: name.into(), kind: xla::ATTR_SCALAR, dtype, value }
+}
+
+fn bytes4(b: [u8; 4]) -> [u8; 8] {
+    [b[0], b[1], b[2], b[3], 0, 0, 0, 0]
+}
+pub fn f32_attr(name: &str, v: f32) -> Attr {
+    attr(name, xla::F32, bytes4(v.to_ne_bytes()))
+}
+pub fn s32_attr(name: &str, v: i32) -> Attr {
+    attr(name, xla::S32, bytes4(v.to_ne_bytes()))
+}
+pub fn pred_attr(name: &str, v: bool) -> Attr {
+    attr(name, xla::PRED, [v as u8, 0, 0, 0, 0, 0, 0, 0])
+}
+
+/// The attributes the front end passes, sorted by name as XLA sorts them.
+pub fn options(scale: f32, causal: bool, left: i32, right: i32, softcap: f32) -> Vec<Attr> {
+    vec![
+        pred_attr("is_causal", causal),
+        f32_attr("softcap", softcap),
+        f32_attr("softmax_scale", scale),
+        s32_attr("window_left", left),
+        s32_attr("window_right", right),
+    ]
+}
+
+/// Everything a call frame is built from.
+#[derive(Clone)]
+pub struct Spec {
+    pub frame_size: usize,
+    pub stage: xla::ExecutionStage,
+    pub args: Vec<Tensor>,
+    pub rets: Vec<Tensor>,
+    pub attrs: Vec<Attr>,
+    pub stream: usize,
+    pub stream_error: Option<&'static str>,
+}
+
+pub const Q: usize = 0x1000;
+pub const K: usize = 0x2000;
+pub const V: usize = 0x3000;
+pub const OUT: usize = 0x4000;
+pub const LSE: usize = 0x5000;
+pub const DOUT: usize = 0x6000;
+pub const DQ: usize = 0x7000;
+pub const DK: usize = 0x8000;
+pub const DV: usize = 0x9000;
+pub const DQ_ACCUM: usize = 0xa000;
+pub const SOFTMAX_D: usize = 0xb000;
+pub const STREAM: usize = 0xcafe;
+
+fn spec(args: Vec<Tensor>, rets: Vec<Tensor>) -> Spec {
+    Spec {
+        frame_size: xla::CALL_FRAME_STRUCT_SIZE,
+        stage: xla::STAGE_EXECUTE,
+        args,
+        rets,
+        attrs: options(0.125, true, -1, -1, 0.0),
+        stream: STREAM,
+        stream_error: None,
+    }
+}
+
+/// A valid forward call: bf16, batch 2, seqlen 128 / 256, 4 / 2 heads, d=128.
+pub fn fwd_spec() -> Spec {
+    let (b, sq, sk, h, hk, d) = (2, 128, 256, 4, 2, 128);
+    spec(
+        vec![
+            tensor(xla::BF16, &[b, sq, h, d], Q),
+            tensor(xla::BF16, &[b, sk, hk, d], K),
+            tensor(xla::BF16, &[b, sk, hk, d], V),
+        ],
+        vec![tensor(xla::BF16, &[b, sq, h, d], OUT), tensor(xla::F32, &[b, h, sq], LSE)],
+    )
+}
+
+/// The matching valid backward call.
+pub fn bwd_spec() -> Spec {
+    let (b, sq, sk, h, hk, d) = (2, 128, 256, 4, 2, 128);
+    let shape =
+        AttentionShape { batch: b, seqlen_q: sq, num_heads: h, head_dim: d, ..Default::default() };
+    let (mut dq_accum, mut softmax_d) = (0, 0);
+    unsafe { crate::kernels::jfa_bwd_workspace_elems(&shape, &mut dq_accum, &mut softmax_d) };
+    spec(
+        vec![
+            tensor(xla::BF16, &[b, sq, h, d], DOUT),
+            tensor(xla::BF16, &[b, sq, h, d], Q),
+            tensor(xla::BF16, &[b, sk, hk, d], K),
+            tensor(xla::BF16, &[b, sk, hk, d], V),
+            tensor(xla::BF16, &[b, sq, h, d], OUT),
+            tensor(xla::F32, &[b, h, sq], LSE),
+        ],
+        vec![
+            tensor(xla::BF16, &[b, sq, h, d], DQ),
+            tensor(xla::BF16, &[b, sk, h, d], DK),
+            tensor(xla::BF16, &[b, sk, h, d], DV),
+            tensor(xla::F32, &[dq_accum], DQ_ACCUM),
+            tensor(xla::F32, &[softmax_d], SOFTMAX_D),
+        ],
+    )
+}
+
+/// A call frame and the storage it points into (heap data does not move).
+pub struct Call {
+    pub frame: CallFrame,
+    _api: Box<Api>,
+    _ctx: Box<Ctx>,
+    _dims: Vec<Vec<i64>>,
+    _buffers: Vec<Box<xla::Buffer>>,
+    _types: Vec<Vec<c_int>>,
+    _ptrs: Vec<Vec<*mut c_void>>,
+    _names: Vec<(String, Box<xla::ByteSpan>)>,
+    _name_ptrs: Vec<*mut xla::ByteSpan>,
+    _values: Vec<Box<[u8; 8]>>,
+    _scalars: Vec<Box<xla::Scalar>>,
+}
+
+pub fn build(spec: &Spec) -> Call {
+    build_with_api(spec, fake_api())
+}
+
+pub fn build_with_api(spec: &Spec, api: Api) -> Call {
+    let api = Box::new(api);
+    let ctx = Box::new(Ctx { stream: spec.stream, stream_error: spec.stream_error });
+    let mut dims = Vec::new();
+    let mut buffers = Vec::new();
+    let mut types = vec![Vec::new(), Vec::new(), Vec::new()];
+    let mut ptrs: Vec<Vec<*mut c_void>> = vec![Vec::new(), Vec::new(), Vec::new()];
+    for (slot, tensors) in [&spec.args, &spec.rets].into_iter().enumerate() {
+        for t in tensors {
+            let mut d = t.dims.clone();
+            let buffer = Box::new(xla::Buffer {
+                struct_size: xla::BUFFER_STRUCT_SIZE,
+                extension_start: ptr::null_mut(),
+                dtype: t.dtype,
+                data: t.addr as *mut c_void,
+                rank: d.len() as i64,
+                dims: d.as_mut_ptr(),
+            });
+            dims.push(d);
+            types[slot].push(t.kind);
+            ptrs[slot].push(&*buffer as *const xla::Buffer as *mut c_void);
+            buffers.push(buffer);
+        }
+    }
+    let mut names = Vec::new();
+    let mut values = Vec::new();
+    let mut scalars = Vec::new();
+    for a in &spec.attrs {
+        let name = a.name.clone();
+        let span = Box::new(xla::ByteSpan { ptr: name.as_ptr() as *const _, len: name.len() });
+        names.push((name, span));
+        let mut value = Box::new(a.value);
+        let scalar =
+            Box::new(xla::Scalar { dtype: a.dtype, value: value.as_mut_ptr() as *mut c_void });
+        values.push(value);
+        types[2].push(a.kind);
+        ptrs[2].push(&*scalar as *const xla::Scalar as *mut c_void);
+        scalars.push(scalar);
+    }
+    let mut name_ptrs: Vec<*mut xla::ByteSpan> =
+        names.iter().map(|(_, s)| &**s as *const xla::ByteSpan as *mut xla::ByteSpan).collect();
+    let frame = CallFrame {
+        struct_size: spec.frame_size,
+        extension_start: ptr::null_mut(),
+        api: &*api,
+        ctx: &*ctx as *const Ctx as *mut xla::ExecutionContext,
+        stage: spec.stage,
+        args: xla::Args {
+            struct_size: size_of::<xla::Args>(),
+            extension_start: ptr::null_mut(),
+            size: spec.args.len() as i64,
+            types: types[0].as_mut_ptr(),
+            args: ptrs[0].as_mut_ptr(),
+        },
+        rets: xla::Rets {
+            struct_size: size_of::<xla::Rets>(),
+            extension_start: ptr::null_mut(),
+            size: spec.rets.len() as i64,
+            types: types[1].as_mut_ptr(),
+            rets: ptrs[1].as_mut_ptr(),
+        },
+        attrs: xla::Attrs {
+            struct_size: size_of::<xla::Attrs>(),
+            extension_start: ptr::null_mut(),
+            size: spec.attrs.len() as i64,
+            types: types[2].as_mut_ptr(),
+            names: name_ptrs.as_mut_ptr(),
+            attrs: ptrs[2].as_mut_ptr(),
+        },
+        future: ptr::null_mut(),
+    };
+    Call {
+        frame,
+        _api: api,
+        _ctx: ctx,
+        _dims: dims,
+        _buffers: buffers,
+        _types: types,
+        _ptrs: ptrs,
+        _names: names,
+        _name_ptrs: name_ptrs,
+        _values: values,
+        _scalars: scalars,
+    }
+}
+
+/// A handler's answer: None for success, else the error's (code, message).
+pub fn outcome(error: *mut xla::Error) -> Option<(c_int, String)> {
+    if error.is_null() {
+        return None;
+    }
+    let error = unsafe { Box::from_raw(error as *mut FakeError) };
+    Some((error.code, error.message.into_string().unwrap()))
+}
+
+/// One recorded kernel launch.
+#[derive(Debug, PartialEq)]
+pub struct Launch {
+    pub shape: AttentionShape,
+    pub pointers: Vec<usize>,
+    pub stream: usize,
+}
+
+/// Validates with the real C ABI; records launches; fails them on request.
+#[derive(Default)]
+pub struct Recorder {
+    pub launches: RefCell<Vec<Launch>>,
+    pub launch_failure: Option<(c_int, &'static str)>,
+    pub panic_on_launch: bool,
+}
+
+impl Recorder {
+    fn launch(
+        &self,
+        shape: AttentionShape,
+        pointers: Vec<usize>,
+        stream: *mut c_void,
+    ) -> Result<(), Failure> {
+        if self.panic_on_launch {
+            panic!("launch exploded");
+        }
+        self.launches.borrow_mut().push(Launch { shape, pointers, stream: stream as usize });
+        match self.launch_failure {
+            Some((status, message)) => Err(Failure { status, message: message.into() }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl KernelLib for Recorder {
+    fn fwd_shape(&self, buffers: &[JfaBuffer], shape: &mut AttentionShape) -> Result<(), Failure> {
+        CAbi.fwd_shape(buffers, shape)
+    }
+
+    fn bwd_shape(&self, buffers: &[JfaBuffer], shape: &mut AttentionShape) -> Result<(), Failure> {
+        CAbi.bwd_shape(buffers, shape)
+    }
+
+    unsafe fn mha_fwd(&self, a: &FwdArgs, stream: *mut c_void) -> Result<(), Failure> {
+        let pointers =
+            vec![a.q as usize, a.k as usize, a.v as usize, a.out as usize, a.softmax_lse as usize];
+        self.launch(a.shape, pointers, stream)
+    }
+
+    unsafe fn mha_bwd(&self, a: &BwdArgs, stream: *mut c_void) -> Result<(), Failure> {
+        let pointers = [
+            a.dout as usize,
+            a.q as usize,
+            a.k as usize,
+            a.v as usize,
+            a.out as usize,
+            a.softmax_lse as usize,
+            a.dq as usize,
+            a.dk as usize,
+            a.dv as usize,
+            a.dq_accum as usize,
+            a.softmax_d as usize,
+        ];
+        self.launch(a.shape, pointers.to_vec(), stream)
+    }
+}

@@ -1,0 +1,231 @@
+//! Call-frame decoding before any kernel code runs: struct sizes, XLA's
+//! metadata query, stage, operand counts and types, attributes, the stream.
+//! Messages are those of XLA's C++ handlers (xla/ffi/api/api.h).
+
+use std::ptr;
+
+use super::fake_xla::*;
+use crate::handlers::{bwd_with, fwd_with};
+use crate::xla_ffi as xla;
+
+fn run_fwd(spec: &Spec) -> Option<(i32, String)> {
+    let lib = Recorder::default();
+    let mut call = build(spec);
+    let result = outcome(unsafe { fwd_with(&lib, &mut call.frame) });
+    if result.is_some() {
+        assert!(lib.launches.borrow().is_empty());
+    }
+    result
+}
+
+fn invalid(message: &str) -> Option<(i32, String)> {
+    Some((xla::ERROR_INVALID_ARGUMENT, message.to_string()))
+}
+
+#[test]
+fn call_frame_size_must_match() {
+    let mut spec = fwd_spec();
+    spec.frame_size -= 8;
+    let expected = format!(
+        "Unexpected XLA_FFI_CallFrame size: expected {} got {}. Check installed software versions.",
+        xla::CALL_FRAME_STRUCT_SIZE,
+        xla::CALL_FRAME_STRUCT_SIZE - 8
+    );
+    assert_eq!(run_fwd(&spec), invalid(&expected));
+}
+
+fn metadata_call(ext_size: usize, metadata_size: usize) -> (Option<(i32, String)>, xla::Metadata) {
+    metadata_call_with(ext_size, metadata_size, true)
+}
+
+fn metadata_call_with(
+    ext_size: usize,
+    metadata_size: usize,
+    with_api: bool,
+) -> (Option<(i32, String)>, xla::Metadata) {
+    let mut metadata = xla::Metadata {
+        struct_size: metadata_size,
+        api_version: xla::ApiVersion {
+            struct_size: xla::API_VERSION_STRUCT_SIZE,
+            extension_start: ptr::null_mut(),
+            major_version: -1,
+            minor_version: -1,
+        },
+        traits: 99,
+        state_type_id: 99,
+    };
+    let mut ext = xla::MetadataExtension {
+        extension_base: xla::ExtensionBase {
+            struct_size: ext_size,
+            type_: xla::EXTENSION_METADATA,
+            next: ptr::null_mut(),
+        },
+        metadata: &mut metadata,
+    };
+    // XLA's query has no operands at all.
+    let spec = Spec { args: vec![], rets: vec![], attrs: vec![], ..fwd_spec() };
+    let mut call = build(&spec);
+    call.frame.extension_start = &mut ext.extension_base;
+    if !with_api {
+        call.frame.api = ptr::null();
+    }
+    let lib = Recorder::default();
+    let result = outcome(unsafe { bwd_with(&lib, &mut call.frame) });
+    assert!(lib.launches.borrow().is_empty());
+    (result, metadata)
+}
+
+#[test]
+fn metadata_query_reports_api_version_and_no_traits() {
+    let (result, metadata) =
+        metadata_call(xla::METADATA_EXTENSION_STRUCT_SIZE, std::mem::size_of::<xla::Metadata>());
+    assert_eq!(result, None);
+    let v = metadata.api_version;
+    assert_eq!(
+        (v.struct_size, v.major_version, v.minor_version),
+        (xla::API_VERSION_STRUCT_SIZE, 0, 3)
+    );
+    assert_eq!((metadata.traits, metadata.state_type_id), (0, 0));
+}
+
+#[test]
+fn metadata_query_leaves_fields_past_the_callers_struct_alone() {
+    let (result, metadata) =
+        metadata_call(xla::METADATA_EXTENSION_STRUCT_SIZE, xla::METADATA_STRUCT_SIZE);
+    assert_eq!(result, None);
+    assert_eq!((metadata.traits, metadata.state_type_id), (0, 99));
+}
+
+#[test]
+fn metadata_query_may_come_without_an_api() {
+    // Some XLA versions build the query with api = NULL.
+    let (result, metadata) = metadata_call_with(
+        xla::METADATA_EXTENSION_STRUCT_SIZE,
+        std::mem::size_of::<xla::Metadata>(),
+        false,
+    );
+    assert_eq!(result, None);
+    assert_eq!((metadata.api_version.major_version, metadata.api_version.minor_version), (0, 3));
+    // Nothing to report a failure through: the metadata stays unset.
+    let (result, metadata) = metadata_call_with(8, xla::METADATA_STRUCT_SIZE, false);
+    assert_eq!(result, None);
+    assert_eq!(metadata.api_version.major_version, -1);
+}
+
+#[test]
+fn metadata_query_checks_struct_sizes() {
+    let (result, _) = metadata_call(8, xla::METADATA_STRUCT_SIZE);
+    let expected = format!(
+        "Unexpected XLA_FFI_Metadata_Extension size: expected at least {} got 8. Check installed software versions.",
+        xla::METADATA_EXTENSION_STRUCT_SIZE
+    );
+    assert_eq!(result, invalid(&expected));
+    let (result, _) = metadata_call(xla::METADATA_EXTENSION_STRUCT_SIZE, 16);
+    let expected = format!(
+        "Unexpected XLA_FFI_Metadata size: expected at least {} got 16. Check installed software versions.",
+        xla::METADATA_STRUCT_SIZE
+    );
+    assert_eq!(result, invalid(&expected));
+}
+
+#[test]
+fn only_the_execute_stage_is_handled() {
+    let spec = Spec { stage: 1, ..fwd_spec() };
+    assert_eq!(
+        run_fwd(&spec),
+        invalid("Wrong execution stage: expected `execute` but got `prepare`")
+    );
+}
+
+#[test]
+fn operand_counts_must_match() {
+    let mut spec = fwd_spec();
+    spec.args.pop();
+    assert_eq!(
+        run_fwd(&spec),
+        invalid("[execute] Wrong number of arguments: expected 3 but got 2")
+    );
+    let mut spec = fwd_spec();
+    spec.rets.push(spec.rets[0].clone());
+    assert_eq!(run_fwd(&spec), invalid("[execute] Wrong number of results: expected 2 but got 3"));
+    let mut spec = fwd_spec();
+    spec.attrs.remove(1);
+    assert_eq!(
+        run_fwd(&spec),
+        invalid(
+            "[execute] Wrong number of attributes: expected 5 but got 4 with name(s): \
+             is_causal, softmax_scale, window_left, window_right"
+        )
+    );
+    spec.attrs.clear();
+    assert_eq!(
+        run_fwd(&spec),
+        invalid("[execute] Wrong number of attributes: expected 5 but got 0")
+    );
+}
+
+#[test]
+fn bad_operands_are_reported_together_by_binding_index() {
+    // Binding order: stream 0, q k v 1-3, out lse 4-5, softmax_scale 6,
+    // is_causal 7, window_left 8, window_right 9, softcap 10.
+    let mut spec = fwd_spec();
+    spec.stream_error = Some("no stream here");
+    spec.args[1].kind = 7;
+    spec.rets[1].kind = 2;
+    spec.attrs[3] = attr("window_left", 5, [0; 8]); // S64
+    spec.attrs[1].kind = 4; // softcap as a string
+    let expected =
+        "[execute] Failed to decode all FFI handler operands (bad operands at: 0, 2, 5, 8, 10)\n\
+                    Diagnostics:\n\
+                    Failed to get platform stream: no stream here\
+                    Wrong argument type: expected 1 but got 7\
+                    Wrong result type: expected 1 but got 2\
+                    Wrong scalar data type: expected S32 but got S64\
+                    Wrong attribute type: expected scalar but got string";
+    assert_eq!(run_fwd(&spec), invalid(expected));
+}
+
+#[test]
+fn attributes_must_come_sorted_by_name() {
+    let mut spec = fwd_spec();
+    spec.attrs.swap(0, 1); // softcap, is_causal, ...
+    let expected = "[execute] Failed to decode all FFI handler operands (bad operands at: 7, 10)\n\
+                    Diagnostics:\n\
+                    Attribute name mismatch: softcap vs is_causal\
+                    Attribute name mismatch: is_causal vs softcap";
+    assert_eq!(run_fwd(&spec), invalid(expected));
+}
+
+#[test]
+fn buffers_smaller_than_the_header_says_are_refused() {
+    let lib = Recorder::default();
+    let mut call = build(&fwd_spec());
+    unsafe { (*(*call.frame.args.args.add(2) as *mut xla::Buffer)).struct_size = 16 };
+    let expected = format!(
+        "[execute] Failed to decode all FFI handler operands (bad operands at: 3)\n\
+         Diagnostics:\nUnexpected XLA_FFI_Buffer size: expected at least {} got 16",
+        xla::BUFFER_STRUCT_SIZE
+    );
+    assert_eq!(outcome(unsafe { fwd_with(&lib, &mut call.frame) }), invalid(&expected));
+}
+
+#[test]
+fn the_runtime_api_must_be_version_0_and_large_enough() {
+    let lib = Recorder::default();
+    let mut api = fake_api();
+    api.api_version.major_version = 1;
+    let mut call = build_with_api(&fwd_spec(), api);
+    assert_eq!(
+        outcome(unsafe { fwd_with(&lib, &mut call.frame) }),
+        invalid("XLA FFI API version 1.3 is not supported by this handler (built for 0.3)")
+    );
+    let mut api = fake_api();
+    api.struct_size = std::mem::offset_of!(xla::Api, stream_get);
+    let mut call = build_with_api(&fwd_spec(), api);
+    let expected = format!(
+        "Unexpected XLA_FFI_Api size: expected at least {} got {}. Check installed software versions.",
+        std::mem::size_of::<xla::Api>(),
+        std::mem::offset_of!(xla::Api, stream_get)
+    );
+    assert_eq!(outcome(unsafe { fwd_with(&lib, &mut call.frame) }), invalid(&expected));
+}

@@ -1,0 +1,208 @@
+//! Whole handler calls: what a valid call launches, and how buffer
+//! validation (the C ABI's) and kernel failures come back to XLA.
+
+use std::ffi::{c_char, CStr};
+
+use super::fake_xla::*;
+use crate::handlers::{bwd_with, fwd_with};
+use crate::kernels::{self, AttentionShape, JfaBuffer};
+use crate::xla_ffi as xla;
+
+fn run_fwd(lib: &Recorder, spec: &Spec) -> Option<(i32, String)> {
+    let mut call = build(spec);
+    outcome(unsafe { fwd_with(lib, &mut call.frame) })
+}
+
+fn run_bwd(lib: &Recorder, spec: &Spec) -> Option<(i32, String)> {
+    let mut call = build(spec);
+    outcome(unsafe { bwd_with(lib, &mut call.frame) })
+}
+
+/// What the C ABI itself says about these buffers (args then rets).
+fn c_abi_message(spec: &Spec, backward: bool) -> String {
+    let buffers: Vec<JfaBuffer> = spec
+        .args
+        .iter()
+        .chain(&spec.rets)
+        .map(|t| JfaBuffer { xla_dtype: t.dtype, rank: t.dims.len() as i64, dims: t.dims.as_ptr() })
+        .collect();
+    let mut shape = AttentionShape {
+        softmax_scale: 0.125,
+        is_causal: 1,
+        window_left: -1,
+        window_right: -1,
+        ..Default::default()
+    };
+    let mut err = [0 as c_char; 1024];
+    let f = if backward {
+        kernels::jfa_bwd_shape_from_buffers
+    } else {
+        kernels::jfa_fwd_shape_from_buffers
+    };
+    let status =
+        unsafe { f(buffers.as_ptr(), buffers.len(), &mut shape, err.as_mut_ptr(), err.len()) };
+    assert_eq!(status, kernels::JFA_INVALID_ARGUMENT);
+    unsafe { CStr::from_ptr(err.as_ptr()) }.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn fwd_launches_with_the_decoded_shape_pointers_and_stream() {
+    let lib = Recorder::default();
+    assert_eq!(run_fwd(&lib, &fwd_spec()), None);
+    let launches = lib.launches.borrow();
+    assert_eq!(launches.len(), 1);
+    let expected = AttentionShape {
+        batch: 2,
+        seqlen_q: 128,
+        seqlen_k: 256,
+        num_heads: 4,
+        num_heads_k: 2,
+        head_dim: 128,
+        dtype: kernels::JFA_BFLOAT16,
+        softmax_scale: 0.125,
+        is_causal: 1,
+        window_left: -1,
+        window_right: -1,
+        softcap: 0.0,
+    };
+    assert_eq!(
+        launches[0],
+        Launch { shape: expected, pointers: vec![Q, K, V, OUT, LSE], stream: STREAM }
+    );
+}
+
+#[test]
+fn fwd_passes_every_option() {
+    let lib = Recorder::default();
+    let mut spec = fwd_spec();
+    spec.attrs = options(0.5, false, 16, 0, 30.0);
+    assert_eq!(run_fwd(&lib, &spec), None);
+    let s = lib.launches.borrow()[0].shape;
+    assert_eq!(
+        (s.softmax_scale, s.is_causal, s.window_left, s.window_right, s.softcap),
+        (0.5, 0, 16, 0, 30.0)
+    );
+}
+
+#[test]
+fn bwd_launches_with_the_decoded_shape_pointers_and_stream() {
+    let lib = Recorder::default();
+    assert_eq!(run_bwd(&lib, &bwd_spec()), None);
+    let launches = lib.launches.borrow();
+    assert_eq!(launches.len(), 1);
+    assert_eq!((launches[0].shape.seqlen_k, launches[0].shape.num_heads_k), (256, 2));
+    assert_eq!(
+        launches[0].pointers,
+        vec![DOUT, Q, K, V, OUT, LSE, DQ, DK, DV, DQ_ACCUM, SOFTMAX_D]
+    );
+    assert_eq!(launches[0].stream, STREAM);
+}
+
+#[test]
+fn rank_3_q_fails_with_the_c_abi_message() {
+    let lib = Recorder::default();
+    let mut spec = fwd_spec();
+    spec.args[0].dims = vec![2, 128, 512];
+    let expected = c_abi_message(&spec, false);
+    assert_eq!(
+        expected,
+        "q: expected rank 4 [batch, seq, heads, head_dim], got shape (2, 128, 512)"
+    );
+    assert_eq!(run_fwd(&lib, &spec), Some((xla::ERROR_INVALID_ARGUMENT, expected)));
+    assert!(lib.launches.borrow().is_empty());
+}
+
+#[test]
+fn fwd_buffer_errors_are_the_c_abi_messages() {
+    type Case = (&'static str, fn(&mut Spec), &'static str);
+    let cases: [Case; 4] = [
+        (
+            "lse dtype",
+            |s| s.rets[1].dtype = xla::F16,
+            "softmax_lse: expected dtype code 11, got 10",
+        ),
+        ("k dtype", |s| s.args[1].dtype = xla::F16, "k: expected dtype code 16, got 10"),
+        (
+            "out shape",
+            |s| s.rets[0].dims[1] = 64,
+            "out: expected shape (2, 128, 4, 128), got (2, 64, 4, 128)",
+        ),
+        (
+            "q dtype",
+            |s| s.args[0].dtype = xla::F32,
+            "q: dtype must be float16 or bfloat16, got dtype code 11",
+        ),
+    ];
+    for (what, edit, message) in cases {
+        let lib = Recorder::default();
+        let mut spec = fwd_spec();
+        edit(&mut spec);
+        assert_eq!(c_abi_message(&spec, false), message, "{what}");
+        assert_eq!(
+            run_fwd(&lib, &spec),
+            Some((xla::ERROR_INVALID_ARGUMENT, message.into())),
+            "{what}"
+        );
+        assert!(lib.launches.borrow().is_empty(), "{what}");
+    }
+}
+
+#[test]
+fn bwd_buffer_errors_are_the_c_abi_messages() {
+    let lib = Recorder::default();
+    let mut spec = bwd_spec();
+    spec.rets[3].dims[0] += 1; // dq_accum one element too large
+    let expected = c_abi_message(&spec, true);
+    assert!(expected.starts_with("dq_accum: expected shape ("), "{expected}");
+    assert_eq!(run_bwd(&lib, &spec), Some((xla::ERROR_INVALID_ARGUMENT, expected)));
+    assert!(lib.launches.borrow().is_empty());
+}
+
+#[test]
+fn option_errors_come_from_the_c_abi_shape_check() {
+    let lib = Recorder::default();
+    let mut spec = fwd_spec();
+    spec.attrs = options(0.125, false, -2, -1, 0.0);
+    let expected = "window sizes must be -1 (unbounded) or non-negative, got (-2, -1)";
+    assert_eq!(run_fwd(&lib, &spec), Some((xla::ERROR_INVALID_ARGUMENT, expected.into())));
+    spec.attrs = options(0.125, false, -1, -1, -1.0);
+    assert_eq!(
+        run_fwd(&lib, &spec),
+        Some((xla::ERROR_INVALID_ARGUMENT, "softcap must be finite and >= 0".into()))
+    );
+}
+
+#[test]
+fn kernel_failures_map_to_xla_codes() {
+    // jfa_status -> XLA_FFI_Error_Code, as in the C++ binding.
+    let cases = [
+        (kernels::JFA_INVALID_ARGUMENT, xla::ERROR_INVALID_ARGUMENT),
+        (kernels::JFA_UNSUPPORTED, xla::ERROR_UNIMPLEMENTED),
+        (3, xla::ERROR_INTERNAL), // JFA_CUDA_ERROR
+        (4, xla::ERROR_INTERNAL), // JFA_INTERNAL
+    ];
+    for (status, code) in cases {
+        let lib =
+            Recorder { launch_failure: Some((status, "kernel said no")), ..Default::default() };
+        assert_eq!(run_fwd(&lib, &fwd_spec()), Some((code, "kernel said no".into())));
+        assert_eq!(run_bwd(&lib, &bwd_spec()), Some((code, "kernel said no".into())));
+    }
+}
+
+#[test]
+fn a_panic_becomes_an_internal_error() {
+    let lib = Recorder { panic_on_launch: true, ..Default::default() };
+    let (code, message) = run_fwd(&lib, &fwd_spec()).unwrap();
+    assert_eq!(code, xla::ERROR_INTERNAL);
+    assert_eq!(message, "jflash_attn_rust: panic in FFI handler: launch exploded");
+}
+
+#[test]
+fn the_linked_library_is_the_ci_kernel_set_or_more() {
+    // //cpp:flash_attn_kernels is linked whole (alwayslink): the weakly
+    // referenced kernels must be there.
+    assert_eq!(unsafe { kernels::jfa_abi_version() }, kernels::JFA_ABI_VERSION);
+    assert_eq!(unsafe { kernels::jfa_has_kernel(kernels::JFA_BFLOAT16, 128) }, 1);
+    let config = unsafe { CStr::from_ptr(kernels::jfa_build_config()) }.to_str().unwrap();
+    assert!(config.contains("bfloat16/128"), "{config}");
+}

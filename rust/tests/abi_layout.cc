@@ -1,0 +1,107 @@
+// Sizes, field offsets and constants of the two C headers the Rust binding
+// mirrors by hand (flash_attn.h in src/kernels.rs, XLA's c_api.h in
+// src/xla_ffi.rs), for the layout test src/tests/abi_layout.rs; and, checked
+// when this file compiles, the C ABI's function types as kernels.rs declares
+// them.
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#include "jax_flash_attn/flash_attn.h"
+#include "xla/ffi/api/c_api.h"
+
+extern "C" {
+struct jfa_rust_layout_entry {
+  const char* name;
+  int64_t value;
+};
+extern const jfa_rust_layout_entry jfa_rust_layout[];
+}
+
+#define SIZE(T) {"sizeof " #T, static_cast<int64_t>(sizeof(T))}
+#define FIELD(T, f) {#T "." #f, static_cast<int64_t>(offsetof(T, f))}
+#define VALUE(x) {#x, static_cast<int64_t>(x)}
+
+const jfa_rust_layout_entry jfa_rust_layout[] = {
+    // flash_attn.h
+    VALUE(JFA_ABI_VERSION), VALUE(JFA_OK), VALUE(JFA_INVALID_ARGUMENT), VALUE(JFA_UNSUPPORTED),
+    VALUE(JFA_FLOAT16), VALUE(JFA_BFLOAT16), SIZE(jfa_dtype),
+    SIZE(jfa_attention_shape), FIELD(jfa_attention_shape, num_heads_k),
+    FIELD(jfa_attention_shape, head_dim), FIELD(jfa_attention_shape, dtype),
+    FIELD(jfa_attention_shape, softmax_scale), FIELD(jfa_attention_shape, is_causal),
+    FIELD(jfa_attention_shape, window_left), FIELD(jfa_attention_shape, window_right),
+    FIELD(jfa_attention_shape, softcap),
+    SIZE(jfa_fwd_args), FIELD(jfa_fwd_args, q), FIELD(jfa_fwd_args, k), FIELD(jfa_fwd_args, v),
+    FIELD(jfa_fwd_args, out), FIELD(jfa_fwd_args, softmax_lse),
+    SIZE(jfa_bwd_args), FIELD(jfa_bwd_args, q), FIELD(jfa_bwd_args, k), FIELD(jfa_bwd_args, v),
+    FIELD(jfa_bwd_args, out), FIELD(jfa_bwd_args, softmax_lse), FIELD(jfa_bwd_args, dout),
+    FIELD(jfa_bwd_args, dq), FIELD(jfa_bwd_args, dk), FIELD(jfa_bwd_args, dv),
+    FIELD(jfa_bwd_args, dq_accum), FIELD(jfa_bwd_args, softmax_d),
+    SIZE(jfa_buffer), FIELD(jfa_buffer, rank), FIELD(jfa_buffer, dims),
+    // c_api.h
+    VALUE(XLA_FFI_API_MAJOR), VALUE(XLA_FFI_API_MINOR),
+    VALUE(XLA_FFI_Error_Code_INVALID_ARGUMENT), VALUE(XLA_FFI_Error_Code_UNIMPLEMENTED),
+    VALUE(XLA_FFI_Error_Code_INTERNAL),
+    VALUE(XLA_FFI_DataType_PRED), VALUE(XLA_FFI_DataType_S32), VALUE(XLA_FFI_DataType_F16),
+    VALUE(XLA_FFI_DataType_F32), VALUE(XLA_FFI_DataType_BF16),
+    VALUE(XLA_FFI_ExecutionStage_EXECUTE), VALUE(XLA_FFI_ArgType_BUFFER),
+    VALUE(XLA_FFI_RetType_BUFFER), VALUE(XLA_FFI_AttrType_SCALAR),
+    VALUE(XLA_FFI_Extension_Metadata),
+    SIZE(XLA_FFI_DataType), SIZE(XLA_FFI_ExecutionStage), SIZE(XLA_FFI_Error_Code),
+    VALUE(XLA_FFI_Extension_Base_STRUCT_SIZE), FIELD(XLA_FFI_Extension_Base, type),
+    FIELD(XLA_FFI_Extension_Base, next),
+    VALUE(XLA_FFI_Api_Version_STRUCT_SIZE), FIELD(XLA_FFI_Api_Version, major_version),
+    FIELD(XLA_FFI_Api_Version, minor_version),
+    VALUE(XLA_FFI_Error_Create_Args_STRUCT_SIZE), FIELD(XLA_FFI_Error_Create_Args, message),
+    FIELD(XLA_FFI_Error_Create_Args, errc),
+    VALUE(XLA_FFI_Error_GetMessage_Args_STRUCT_SIZE), FIELD(XLA_FFI_Error_GetMessage_Args, error),
+    FIELD(XLA_FFI_Error_GetMessage_Args, message),
+    VALUE(XLA_FFI_Error_Destroy_Args_STRUCT_SIZE), FIELD(XLA_FFI_Error_Destroy_Args, error),
+    VALUE(XLA_FFI_Buffer_STRUCT_SIZE), FIELD(XLA_FFI_Buffer, dtype), FIELD(XLA_FFI_Buffer, data),
+    FIELD(XLA_FFI_Buffer, rank), FIELD(XLA_FFI_Buffer, dims),
+    SIZE(XLA_FFI_ByteSpan), FIELD(XLA_FFI_ByteSpan, len),
+    SIZE(XLA_FFI_Scalar), FIELD(XLA_FFI_Scalar, value),
+    VALUE(XLA_FFI_Args_STRUCT_SIZE), FIELD(XLA_FFI_Args, size), FIELD(XLA_FFI_Args, types),
+    FIELD(XLA_FFI_Args, args),
+    VALUE(XLA_FFI_Rets_STRUCT_SIZE), FIELD(XLA_FFI_Rets, size), FIELD(XLA_FFI_Rets, types),
+    FIELD(XLA_FFI_Rets, rets),
+    VALUE(XLA_FFI_Attrs_STRUCT_SIZE), FIELD(XLA_FFI_Attrs, size), FIELD(XLA_FFI_Attrs, types),
+    FIELD(XLA_FFI_Attrs, names), FIELD(XLA_FFI_Attrs, attrs),
+    VALUE(XLA_FFI_CallFrame_STRUCT_SIZE), SIZE(XLA_FFI_CallFrame), FIELD(XLA_FFI_CallFrame, api),
+    FIELD(XLA_FFI_CallFrame, ctx), FIELD(XLA_FFI_CallFrame, stage), FIELD(XLA_FFI_CallFrame, args),
+    FIELD(XLA_FFI_CallFrame, rets), FIELD(XLA_FFI_CallFrame, attrs),
+    FIELD(XLA_FFI_CallFrame, future),
+    VALUE(XLA_FFI_Stream_Get_Args_STRUCT_SIZE), FIELD(XLA_FFI_Stream_Get_Args, ctx),
+    FIELD(XLA_FFI_Stream_Get_Args, stream),
+    VALUE(XLA_FFI_Metadata_STRUCT_SIZE), SIZE(XLA_FFI_Metadata),
+    FIELD(XLA_FFI_Metadata, api_version), FIELD(XLA_FFI_Metadata, traits),
+    FIELD(XLA_FFI_Metadata, state_type_id),
+    VALUE(XLA_FFI_Metadata_Extension_STRUCT_SIZE), FIELD(XLA_FFI_Metadata_Extension, metadata),
+    FIELD(XLA_FFI_Api, api_version), FIELD(XLA_FFI_Api, internal_api),
+    FIELD(XLA_FFI_Api, XLA_FFI_Error_Create), FIELD(XLA_FFI_Api, XLA_FFI_Error_GetMessage),
+    FIELD(XLA_FFI_Api, XLA_FFI_Error_Destroy), FIELD(XLA_FFI_Api, XLA_FFI_Handler_Register),
+    FIELD(XLA_FFI_Api, XLA_FFI_Stream_Get),
+    {nullptr, 0},
+};
+
+// src/kernels.rs declares jfa_dtype parameters and fields as C int.
+static_assert(sizeof(jfa_dtype) == sizeof(int), "jfa_dtype is not int-sized");
+
+// The extern "C" block of src/kernels.rs, written in C types.
+template <typename Declared, typename Mirrored>
+constexpr bool same = std::is_same_v<Declared, Mirrored>;
+static_assert(same<decltype(jfa_fwd_shape_from_buffers),
+                   int(const jfa_buffer*, size_t, jfa_attention_shape*, char*, size_t)>);
+static_assert(same<decltype(jfa_bwd_shape_from_buffers),
+                   int(const jfa_buffer*, size_t, jfa_attention_shape*, char*, size_t)>);
+static_assert(same<decltype(jfa_bwd_workspace_elems),
+                   void(const jfa_attention_shape*, int64_t*, int64_t*)>);
+static_assert(same<decltype(jfa_check_shape), int(const jfa_attention_shape*, char*, size_t)>);
+static_assert(same<decltype(jfa_mha_fwd), int(const jfa_fwd_args*, void*, char*, size_t)>);
+static_assert(same<decltype(jfa_mha_bwd), int(const jfa_bwd_args*, void*, char*, size_t)>);
+static_assert(same<decltype(jfa_has_kernel), int(jfa_dtype, int64_t)>);
+static_assert(same<decltype(jfa_build_config), const char*()>);
+static_assert(same<decltype(jfa_abi_version), int()>);
+// And the handler type of src/xla_ffi.rs.
+static_assert(same<XLA_FFI_Handler, XLA_FFI_Error*(XLA_FFI_CallFrame*)>);

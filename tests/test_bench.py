@@ -1,0 +1,106 @@
+"""The benchmark (`python -m <package>.bench`) in its tiny configuration, on any machine."""
+
+import importlib
+import json
+
+import jax
+import pytest
+
+TINY = ["--seqlens", "64,128", "--total-tokens", "256", "--heads", "2", "--head-dim", "32",
+        "--iters", "3", "--warmup", "1"]
+FIELDS = {"method", "causal", "bwd", "seqlen", "batch", "ms", "min_ms", "max_ms", "tflops",
+          "heads", "head_dim", "dtype", "ratio_to_best_peer"}
+
+
+def load_bench(flash):
+    return importlib.import_module(flash.__name__ + ".bench")
+
+
+def own_label(flash):
+    return f"{flash.__name__}-{flash.BINDING}"
+
+
+def test_sweep_times_every_method_or_records_why_not(flash, tmp_path):
+    bench = load_bench(flash)
+    paths = {name: tmp_path / f"bench.{name}" for name in ("json", "md", "png")}
+    records = bench.main(TINY + ["--json", str(paths["json"]), "--markdown", str(paths["md"]),
+                                 "--plot", str(paths["png"])])
+
+    assert json.loads(paths["json"].read_text()) == records
+    methods, _ = bench.discover_methods()
+    points = {(causal, bwd, seqlen) for causal in (False, True) for bwd in (False, True)
+              for seqlen in (64, 128)}
+    found = {(r["causal"], r["bwd"], r["seqlen"], r["method"]) for r in records}
+    assert found == {point + (label,) for point in points for label in methods}
+    assert len(records) == len(found)
+    for r in records:
+        assert FIELDS <= set(r), r
+        assert (r["batch"], r["heads"], r["head_dim"], r["dtype"]) == (256 // r["seqlen"], 2, 32, "bfloat16")
+        if r.get("skipped"):
+            assert r["method"] != own_label(flash), r  # our flash_mha must run (the reference, on CPU)
+            assert r["tflops"] is None
+        else:
+            assert r["tflops"] > 0 and 0 < r["min_ms"] <= r["ms"] <= r["max_ms"], r
+        if r["method"] in bench.OURS and r["tflops"] and len(methods) > 1:
+            assert r["ratio_to_best_peer"] > 0, r
+        else:
+            assert r["ratio_to_best_peer"] is None, r
+
+    markdown = paths["md"].read_text()
+    for title in ("fwd, non-causal", "fwd+bwd, non-causal", "fwd, causal", "fwd+bwd, causal"):
+        assert f"### {title}:" in markdown
+    assert f"| {own_label(flash)} |" in markdown and "| 128 x 2 |" in markdown
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert not paths["png"].exists()
+    else:
+        assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_failing_method_is_recorded_as_skipped(flash, monkeypatch, tmp_path):
+    bench = load_bench(flash)
+
+    def broken(q, k, v, is_causal):
+        raise ValueError("no kernel for this shape\nsecond line")
+
+    methods = {own_label(flash): bench.einsum_attention, "attn-broken": broken}
+    monkeypatch.setattr(bench, "discover_methods", lambda: (methods, {}))
+    records = bench.main(TINY + ["--seqlens", "64", "--mode", "fwd", "--no-causal",
+                                 "--markdown", str(tmp_path / "b.md")])
+
+    by_method = {r["method"]: r for r in records}
+    assert set(by_method) == set(methods)
+    assert by_method["attn-broken"]["skipped"] == "ValueError: no kernel for this shape"
+    assert by_method[own_label(flash)]["tflops"] > 0
+    assert by_method[own_label(flash)]["ratio_to_best_peer"] is None  # no peer ran
+    assert "| 64 x 4 |" in (tmp_path / "b.md").read_text()
+    assert "skipped" in (tmp_path / "b.md").read_text()
+
+
+def test_methods_option_filters_by_label(flash):
+    bench = load_bench(flash)
+    records = bench.main(TINY + ["--seqlens", "64", "--mode", "fwdbwd", "--causal",
+                                 "--methods", f"attn-einsum,{own_label(flash)}"])
+    assert sorted(r["method"] for r in records) == sorted(["attn-einsum", own_label(flash)])
+    assert all(r["bwd"] and r["causal"] for r in records)
+
+
+def test_flops_follow_the_flash_attention_convention(flash):
+    flops = load_bench(flash).attention_flops
+    forward = 4 * 2 * 16 * 1024 ** 2 * 128
+    assert flops(2, 1024, 16, 128, causal=False, bwd=False) == forward
+    assert flops(2, 1024, 16, 128, causal=True, bwd=False) == forward / 2
+    assert flops(2, 1024, 16, 128, causal=True, bwd=True) == 3.5 * forward / 2
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the tiny defaults are CPU's")
+def test_sizes_not_given_default_to_tiny_on_cpu(flash):
+    parse = load_bench(flash).parse_args
+    args = parse([])
+    assert (args.seqlens, args.total_tokens, args.heads, args.head_dim, args.iters) == ([64, 128], 256, 2, 32, 3)
+    assert (args.dtype, args.causal_values, args.bwd_values) == ("bfloat16", [False, True], [False, True])
+    args = parse(["--heads", "4", "--dtype", "fp16", "--no-causal", "--mode", "fwd"])
+    assert (args.heads, args.head_dim, args.dtype) == (4, 32, "float16")
+    assert (args.causal_values, args.bwd_values) == ([False], [False])
+    assert parse(["--causal"]).causal_values == [True]
