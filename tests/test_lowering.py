@@ -41,10 +41,10 @@ def test_gradient_lowers_to_forward_and_backward(flash):
 
 
 def test_vmap_folds_into_one_call(flash):
-    q = jax.ShapeDtypeStruct((3, 2, 64, 4, 64), jnp.float16)
+    q = jax.ShapeDtypeStruct((3, 2, 64, 4, 128), jnp.bfloat16)
     hlo = cuda_hlo(jax.vmap(flash.flash_mha), q, q, q)
     calls = custom_calls(hlo)
-    assert len(calls) == 1 and "tensor<6x64x4x64xf16>" in calls[0][1]
+    assert len(calls) == 1 and "tensor<6x64x4x128xbf16>" in calls[0][1]
 
 
 def test_export_for_cuda(flash):
