@@ -84,3 +84,23 @@ def test_nan_in_a_key_reaches_only_rows_that_see_it(flash, rng):
     assert np.isfinite(out[0, :100]).all(), "rows before the NaN key cannot see it"
     assert np.isfinite(out[0, :, 0]).all(), "head 0 never sees the NaN"
     assert not np.isfinite(out[0, 100:, 1]).any(), "rows that see a NaN key are NaN, not garbage"
+
+
+@pytest.mark.parametrize("attrs", [
+    dict(softmax_scale=np.float32(1), is_causal=False, window_left=np.int64(-1), window_right=np.int32(-1),
+         softcap=np.float32(0)),                                    # window_left of the wrong type
+    dict(softmax_scale=np.float32(1), is_causal=False, window_right=np.int32(-1), softcap=np.float32(0)),
+    dict(softmax_scale=np.float32(1), is_causal=False, window_left=np.int32(-7), window_right=np.int32(-1),
+         softcap=np.float32(0)),                                    # out of range
+], ids=["wrong-type", "missing", "out-of-range"])
+def test_handler_rejects_malformed_attributes(flash, attrs):
+    """Malformed attributes through jax.ffi.ffi_call: an XLA error, then business as usual."""
+    need_bf16_128(flash)
+    q = jnp.zeros((1, 8, 2, 128), jnp.bfloat16)
+    call = jax.ffi.ffi_call(f"{flash._binding.TARGET_PREFIX}_fwd",
+                            (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((1, 2, 8), jnp.float32)))
+    # The wording of decoding errors is XLA's (C++) or ours (Rust); the range
+    # check is the shared C ABI's.
+    with pytest.raises(Exception, match="window" if attrs.get("window_left") == -7 else None):
+        jax.block_until_ready(call(q, q, q, **attrs))
+    assert bool(jnp.all(jnp.isfinite(flash.flash_mha(q, q, q))))
