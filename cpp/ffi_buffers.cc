@@ -71,17 +71,27 @@ int report(char* err, size_t err_len, F&& body) {
   }
 }
 
+// ALiBi slopes: float32 [batch, num_heads], also when the call has none.
+void expect_alibi(const jfa_buffer& b, const jfa_attention_shape* s) {
+  expect_dtype("alibi_slopes", b, kF32);
+  expect_dims("alibi_slopes", b, {s->batch, s->num_heads});
+}
+
 }  // namespace
 
 extern "C" int jfa_fwd_shape_from_buffers(const jfa_buffer* b, size_t n, jfa_attention_shape* s,
                                           char* err, size_t err_len) {
   const int status = report(err, err_len, [&] {
-    if (n != 5) throw Invalid{"forward takes 5 buffers (q, k, v, out, softmax_lse), got " + std::to_string(n)};
+    if (n != 6) {
+      throw Invalid{"forward takes 6 buffers (q, k, v, alibi_slopes, out, softmax_lse), got " +
+                    std::to_string(n)};
+    }
     describe_qkv(b, s);
-    expect_dtype("out", b[3], b[0].xla_dtype);
-    expect_dims("out", b[3], {s->batch, s->seqlen_q, s->num_heads, s->head_dim});
-    expect_dtype("softmax_lse", b[4], kF32);
-    expect_dims("softmax_lse", b[4], {s->batch, s->num_heads, s->seqlen_q});
+    expect_alibi(b[3], s);
+    expect_dtype("out", b[4], b[0].xla_dtype);
+    expect_dims("out", b[4], {s->batch, s->seqlen_q, s->num_heads, s->head_dim});
+    expect_dtype("softmax_lse", b[5], kF32);
+    expect_dims("softmax_lse", b[5], {s->batch, s->num_heads, s->seqlen_q});
   });
   return status != JFA_OK ? status : jfa_check_shape(s, err, err_len);
 }
@@ -89,9 +99,9 @@ extern "C" int jfa_fwd_shape_from_buffers(const jfa_buffer* b, size_t n, jfa_att
 extern "C" int jfa_bwd_shape_from_buffers(const jfa_buffer* b, size_t n, jfa_attention_shape* s,
                                           char* err, size_t err_len) {
   const int status = report(err, err_len, [&] {
-    if (n != 11) {
-      throw Invalid{"backward takes 11 buffers (dout, q, k, v, out, softmax_lse, dq, dk, dv, "
-                    "dq_accum, softmax_d), got " + std::to_string(n)};
+    if (n != 12) {
+      throw Invalid{"backward takes 12 buffers (dout, q, k, v, out, softmax_lse, alibi_slopes, "
+                    "dq, dk, dv, dq_accum, softmax_d), got " + std::to_string(n)};
     }
     describe_qkv(b + 1, s);
     const int32_t dtype = b[1].xla_dtype;
@@ -103,18 +113,27 @@ extern "C" int jfa_bwd_shape_from_buffers(const jfa_buffer* b, size_t n, jfa_att
     expect_dims("out", b[4], q_dims);
     expect_dtype("softmax_lse", b[5], kF32);
     expect_dims("softmax_lse", b[5], {s->batch, s->num_heads, s->seqlen_q});
-    expect_dtype("dq", b[6], dtype);
-    expect_dims("dq", b[6], q_dims);
-    expect_dtype("dk", b[7], dtype);
-    expect_dims("dk", b[7], dkv_dims);
-    expect_dtype("dv", b[8], dtype);
-    expect_dims("dv", b[8], dkv_dims);
-    int64_t dq_accum = 0, softmax_d = 0;
-    jfa_bwd_workspace_elems(s, &dq_accum, &softmax_d);
-    expect_dtype("dq_accum", b[9], kF32);
-    expect_dims("dq_accum", b[9], {dq_accum});
-    expect_dtype("softmax_d", b[10], kF32);
-    expect_dims("softmax_d", b[10], {softmax_d});
+    expect_alibi(b[6], s);
+    expect_dtype("dq", b[7], dtype);
+    expect_dims("dq", b[7], q_dims);
+    expect_dtype("dk", b[8], dtype);
+    expect_dims("dk", b[8], dkv_dims);
+    expect_dtype("dv", b[9], dtype);
+    expect_dims("dv", b[9], dkv_dims);
+    // One split of dq_accum: the whole of it when not deterministic.
+    jfa_attention_shape one = *s;
+    one.deterministic = 0;
+    int64_t split = 0, softmax_d = 0;
+    jfa_bwd_workspace_elems(&one, 0, &split, &softmax_d);
+    expect_dtype("dq_accum", b[10], kF32);
+    if (!s->deterministic) {
+      expect_dims("dq_accum", b[10], {split});
+    } else if (b[10].rank != 1 || b[10].dims[0] <= 0 || b[10].dims[0] % split != 0) {
+      throw Invalid{"dq_accum: the deterministic backward takes a whole number of splits of " +
+                    std::to_string(split) + " elements, got shape " + dims_str(b[10])};
+    }
+    expect_dtype("softmax_d", b[11], kF32);
+    expect_dims("softmax_d", b[11], {softmax_d});
   });
   return status != JFA_OK ? status : jfa_check_shape(s, err, err_len);
 }

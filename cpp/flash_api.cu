@@ -134,10 +134,43 @@ Kernels require_kernels(const jfa_attention_shape& s) {
   return k;
 }
 
+// Elements of one copy of the backward's float32 dq accumulator:
+// [batch, round128(seqlen_q), num_heads, round32/64(head_dim)].
+int64_t dq_accum_split_elems(const jfa_attention_shape& s) {
+  const int64_t head_dim_rounded = round_up(s.head_dim, s.head_dim <= 128 ? 32 : 64);
+  return s.batch * round_up(s.seqlen_q, 128) * s.num_heads * head_dim_rounded;
+}
+
+// The number of dq copies FlashAttention-2's deterministic backward writes on
+// a GPU with num_sms SMs: its kernel launches that many thread blocks per
+// (batch, head) along the keys (flash_bwd_launch_template.h).
+int64_t deterministic_splits(const jfa_attention_shape& s, int64_t num_sms) {
+  const int64_t bh = std::max<int64_t>(1, s.batch * s.num_heads);
+  return std::max<int64_t>(1, (num_sms + bh - 1) / bh);
+}
+
+void cuda_check(cudaError_t status, const char* what) {
+  if (status != cudaSuccess) {
+    cudaGetLastError();  // not sticky: leave no error for the caller's next launch check
+    throw Error(JFA_CUDA_ERROR, std::string(what) + ": " + cudaGetErrorString(status));
+  }
+}
+
+// The SM count of the current device, which is the one FlashAttention-2's
+// backward launch queries (hardware_info.h) to size its grid.
+int current_device_sms(int* device) {
+  int sms = 0;
+  cuda_check(cudaGetDevice(device), "cudaGetDevice");
+  cuda_check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, *device),
+             "cudaDeviceGetAttribute(MultiProcessorCount)");
+  return sms;
+}
+
 // Fills what the forward and backward params share. Layouts are dense
 // [batch, seq, heads, dim], so strides follow from the shape.
 void fill_fwd(Flash_fwd_params& p, const jfa_attention_shape& s, const void* q, const void* k,
-              const void* v, const void* out, const float* lse) {
+              const void* v, const void* out, const float* lse, const float* alibi_slopes,
+              int64_t alibi_slopes_batch_stride) {
   p = {};
   p.is_bf16 = s.dtype == JFA_BFLOAT16;
   p.q_ptr = const_cast<void*>(q);
@@ -191,6 +224,17 @@ void fill_fwd(Flash_fwd_params& p, const jfa_attention_shape& s, const void* q, 
   p.window_size_left = static_cast<int>(left);
   p.window_size_right = static_cast<int>(right);
 
+  // ALiBi: the kernels add slope / scale_softmax times the distance to the
+  // unscaled (or soft-capped) scores, i.e. slope times the distance to the
+  // final logits; the causal kernels use slope * j, which differs from
+  // -slope * |i + sk - sq - j| by a constant per row.
+  if (alibi_slopes != nullptr) {
+    require(alibi_slopes_batch_stride >= 0, "alibi_slopes_batch_stride must be >= 0, got " +
+                                                std::to_string(alibi_slopes_batch_stride));
+  }
+  p.alibi_slopes_ptr = const_cast<float*>(alibi_slopes);
+  p.alibi_slopes_batch_stride = alibi_slopes_batch_stride;
+
   p.is_seqlens_k_cumulative = true;
   p.num_splits = 0;
 }
@@ -209,7 +253,8 @@ void mha_fwd(const jfa_fwd_args& a, cudaStream_t stream) {
   require(a.q && a.k && a.v && a.out && a.softmax_lse, "null tensor pointer in forward arguments");
   Kernels kernels = require_kernels(a.shape);
   Flash_fwd_params p;
-  fill_fwd(p, a.shape, a.q, a.k, a.v, a.out, a.softmax_lse);
+  fill_fwd(p, a.shape, a.q, a.k, a.v, a.out, a.softmax_lse, a.alibi_slopes,
+           a.alibi_slopes_batch_stride);
   kernels.fwd[p.is_causal ? 1 : 0](p, stream);
   launch_check("flash attention forward launch");
 }
@@ -222,7 +267,7 @@ void mha_bwd(const jfa_bwd_args& a, cudaStream_t stream) {
           "null tensor pointer in backward arguments");
   Kernels kernels = require_kernels(s);
   Flash_bwd_params p;
-  fill_fwd(p, s, a.q, a.k, a.v, a.out, a.softmax_lse);
+  fill_fwd(p, s, a.q, a.k, a.v, a.out, a.softmax_lse, a.alibi_slopes, a.alibi_slopes_batch_stride);
   const int64_t row = s.num_heads * s.head_dim;  // dout, dq, and the expanded dk, dv
   p.do_ptr = const_cast<void*>(a.dout);
   p.dq_ptr = a.dq;
@@ -234,8 +279,35 @@ void mha_bwd(const jfa_bwd_args& a, cudaStream_t stream) {
   p.dk_batch_stride = p.dv_batch_stride = s.seqlen_k * row;
   p.dq_accum_ptr = a.dq_accum;
   p.dsoftmax_sum = a.softmax_d;
-  p.deterministic = false;
-  p.dq_accum_split_stride = 0;
+  const int64_t split = dq_accum_split_elems(s);
+  if (s.deterministic) {
+    // Every thread block along the keys accumulates into its own copy of dq,
+    // which the kernels do not clear in this mode; a final kernel sums them in
+    // order. The grid, hence the number of copies, follows the current
+    // device's SM count: the workspace must have been sized for it.
+    int device = 0;
+    const int sms = current_device_sms(&device);
+    const int64_t splits = deterministic_splits(s, sms);
+    if (a.dq_accum_elems < splits * split) {
+      throw Error(JFA_INVALID_ARGUMENT,
+                  "deterministic backward: dq_accum has " + std::to_string(a.dq_accum_elems) +
+                      " float32 elements, but CUDA device " + std::to_string(device) + " (" +
+                      std::to_string(sms) + " SMs) needs " + std::to_string(splits) +
+                      " splits of " + std::to_string(split) + " = " +
+                      std::to_string(splits * split) +
+                      " (size it with jfa_bwd_workspace_elems() for this GPU's jfa_num_sms())");
+    }
+    cuda_check(cudaMemsetAsync(a.dq_accum, 0, static_cast<size_t>(splits * split) * sizeof(float),
+                               stream),
+               "clearing dq_accum");
+    p.deterministic = true;
+    p.dq_accum_split_stride = split;
+  } else {
+    require(a.dq_accum_elems >= split, "dq_accum has " + std::to_string(a.dq_accum_elems) +
+                                           " float32 elements, needs " + std::to_string(split));
+    p.deterministic = false;
+    p.dq_accum_split_stride = 0;
+  }
   kernels.bwd[p.is_causal ? 1 : 0](p, stream);
   launch_check("flash attention backward launch");
 }
@@ -270,12 +342,31 @@ int guarded(char* err, size_t err_len, F&& body) {
 
 extern "C" {
 
-void jfa_bwd_workspace_elems(const jfa_attention_shape* s, int64_t* dq_accum_elems,
+void jfa_bwd_workspace_elems(const jfa_attention_shape* s, int num_sms, int64_t* dq_accum_elems,
                              int64_t* softmax_d_elems) {
-  const int64_t seqlen_q_rounded = round_up(s->seqlen_q, 128);
-  const int64_t head_dim_rounded = round_up(s->head_dim, s->head_dim <= 128 ? 32 : 64);
-  *dq_accum_elems = s->batch * seqlen_q_rounded * s->num_heads * head_dim_rounded;
-  *softmax_d_elems = s->batch * s->num_heads * seqlen_q_rounded;
+  const int64_t splits = s->deterministic ? deterministic_splits(*s, num_sms) : 1;
+  *dq_accum_elems = splits * dq_accum_split_elems(*s);
+  *softmax_d_elems = s->batch * s->num_heads * round_up(s->seqlen_q, 128);
+}
+
+int jfa_num_sms(int device, int* num_sms, char* err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    require(num_sms != nullptr, "num_sms must not be NULL");
+    int count = 0;
+    cuda_check(cudaGetDeviceCount(&count), "no usable CUDA GPU (cudaGetDeviceCount)");
+    if (count <= 0) throw Error(JFA_CUDA_ERROR, "no CUDA GPU is visible");
+    require(device >= -1 && device < count, "device must be -1 (all) or in [0, " +
+                                                std::to_string(count) + "), got " +
+                                                std::to_string(device));
+    int most = 0;
+    for (int d = device < 0 ? 0 : device; d < (device < 0 ? count : device + 1); ++d) {
+      int sms = 0;
+      cuda_check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, d),
+                 "cudaDeviceGetAttribute(MultiProcessorCount)");
+      most = std::max(most, sms);
+    }
+    *num_sms = most;
+  });
 }
 
 int jfa_check_shape(const jfa_attention_shape* shape, char* err, size_t err_len) {

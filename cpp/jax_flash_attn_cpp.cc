@@ -5,12 +5,24 @@
 // too; python/frontend relies on nothing else:
 //   registrations()      {"fwd": capsule, "bwd": capsule} of XLA FFI handlers
 //   has_kernel(dtype, head_dim), build_config(), abi_version()
-//   bwd_workspace_elems(batch, seqlen_q, num_heads, head_dim) -> (int, int)
+//   bwd_workspace_elems(batch, seqlen_q, num_heads, head_dim, deterministic=False,
+//                       num_sms=0) -> (int, int)   (num_sms 0: ask num_sms())
+//   num_sms(device=-1) -> int   (RuntimeError without a GPU)
+// All arguments are positional-only.
+//
+// The FFI contract (both bindings decode it alike):
+//   forward:  args (q, k, v, alibi_slopes), rets (out, softmax_lse)
+//   backward: args (dout, q, k, v, out, softmax_lse, alibi_slopes),
+//             rets (dq, dk, dv, dq_accum, softmax_d)
+//   attrs:    softmax_scale f32, is_causal pred, window_left s32, window_right s32,
+//             softcap f32, has_alibi pred; backward also deterministic pred
+//   alibi_slopes is float32 [batch, heads] always; read only when has_alibi.
 
 #include <cuda_runtime_api.h>
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -39,49 +51,61 @@ ffi::Error to_ffi_error(int status, const char* message) {
 }
 
 jfa_attention_shape options(float softmax_scale, bool is_causal, int32_t window_left,
-                            int32_t window_right, float softcap) {
+                            int32_t window_right, float softcap, bool deterministic) {
   jfa_attention_shape s{};
   s.softmax_scale = softmax_scale;
   s.is_causal = is_causal;
   s.window_left = window_left;
   s.window_right = window_right;
   s.softcap = softcap;
+  s.deterministic = deterministic;
   return s;
 }
 
+// The slopes buffer is [batch, num_heads] (validated with the others).
+const float* alibi(const ffi::AnyBuffer& slopes, bool has_alibi) {
+  return has_alibi ? static_cast<const float*>(slopes.untyped_data()) : nullptr;
+}
+
 ffi::Error FlashFwd(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
-                    ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> lse,
-                    float softmax_scale, bool is_causal, int32_t window_left, int32_t window_right,
-                    float softcap) {
+                    ffi::AnyBuffer alibi_slopes, ffi::Result<ffi::AnyBuffer> out,
+                    ffi::Result<ffi::AnyBuffer> lse, float softmax_scale, bool is_causal,
+                    int32_t window_left, int32_t window_right, float softcap, bool has_alibi) {
   char err[kErrLen] = {0};
   jfa_fwd_args args{};
-  args.shape = options(softmax_scale, is_causal, window_left, window_right, softcap);
-  const jfa_buffer buffers[] = {describe(q), describe(k), describe(v), describe(*out),
-                                describe(*lse)};
-  int status = jfa_fwd_shape_from_buffers(buffers, 5, &args.shape, err, kErrLen);
+  args.shape = options(softmax_scale, is_causal, window_left, window_right, softcap, false);
+  const jfa_buffer buffers[] = {describe(q),            describe(k),    describe(v),
+                                describe(alibi_slopes), describe(*out), describe(*lse)};
+  int status = jfa_fwd_shape_from_buffers(buffers, 6, &args.shape, err, kErrLen);
   if (status != JFA_OK) return to_ffi_error(status, err);
   args.q = q.untyped_data();
   args.k = k.untyped_data();
   args.v = v.untyped_data();
   args.out = out->untyped_data();
   args.softmax_lse = static_cast<float*>(lse->untyped_data());
+  args.alibi_slopes = alibi(alibi_slopes, has_alibi);
+  args.alibi_slopes_batch_stride = args.shape.num_heads;
   status = jfa_mha_fwd(&args, stream, err, kErrLen);
   return to_ffi_error(status, err);
 }
 
 ffi::Error FlashBwd(cudaStream_t stream, ffi::AnyBuffer dout, ffi::AnyBuffer q, ffi::AnyBuffer k,
                     ffi::AnyBuffer v, ffi::AnyBuffer out, ffi::AnyBuffer lse,
-                    ffi::Result<ffi::AnyBuffer> dq, ffi::Result<ffi::AnyBuffer> dk,
-                    ffi::Result<ffi::AnyBuffer> dv, ffi::Result<ffi::AnyBuffer> dq_accum,
-                    ffi::Result<ffi::AnyBuffer> softmax_d, float softmax_scale, bool is_causal,
-                    int32_t window_left, int32_t window_right, float softcap) {
+                    ffi::AnyBuffer alibi_slopes, ffi::Result<ffi::AnyBuffer> dq,
+                    ffi::Result<ffi::AnyBuffer> dk, ffi::Result<ffi::AnyBuffer> dv,
+                    ffi::Result<ffi::AnyBuffer> dq_accum, ffi::Result<ffi::AnyBuffer> softmax_d,
+                    float softmax_scale, bool is_causal, int32_t window_left,
+                    int32_t window_right, float softcap, bool has_alibi, bool deterministic) {
   char err[kErrLen] = {0};
   jfa_bwd_args args{};
-  args.shape = options(softmax_scale, is_causal, window_left, window_right, softcap);
-  const jfa_buffer buffers[] = {describe(dout), describe(q),   describe(k),        describe(v),
-                                describe(out),  describe(lse), describe(*dq),      describe(*dk),
-                                describe(*dv),  describe(*dq_accum), describe(*softmax_d)};
-  int status = jfa_bwd_shape_from_buffers(buffers, 11, &args.shape, err, kErrLen);
+  args.shape =
+      options(softmax_scale, is_causal, window_left, window_right, softcap, deterministic);
+  const jfa_buffer buffers[] = {
+      describe(dout),         describe(q),   describe(k),   describe(v),
+      describe(out),          describe(lse), describe(alibi_slopes),
+      describe(*dq),          describe(*dk), describe(*dv), describe(*dq_accum),
+      describe(*softmax_d)};
+  int status = jfa_bwd_shape_from_buffers(buffers, 12, &args.shape, err, kErrLen);
   if (status != JFA_OK) return to_ffi_error(status, err);
   args.dout = dout.untyped_data();
   args.q = q.untyped_data();
@@ -94,6 +118,9 @@ ffi::Error FlashBwd(cudaStream_t stream, ffi::AnyBuffer dout, ffi::AnyBuffer q, 
   args.dv = dv->untyped_data();
   args.dq_accum = static_cast<float*>(dq_accum->untyped_data());
   args.softmax_d = static_cast<float*>(softmax_d->untyped_data());
+  args.dq_accum_elems = static_cast<int64_t>(dq_accum->element_count());
+  args.alibi_slopes = alibi(alibi_slopes, has_alibi);
+  args.alibi_slopes_batch_stride = args.shape.num_heads;
   status = jfa_mha_bwd(&args, stream, err, kErrLen);
   return to_ffi_error(status, err);
 }
@@ -105,7 +132,8 @@ auto with_options(Binding binding) {
       .template Attr<bool>("is_causal")
       .template Attr<int32_t>("window_left")
       .template Attr<int32_t>("window_right")
-      .template Attr<float>("softcap");
+      .template Attr<float>("softcap")
+      .template Attr<bool>("has_alibi");
 }
 
 }  // namespace
@@ -117,6 +145,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
                      .Arg<ffi::AnyBuffer>()    // q
                      .Arg<ffi::AnyBuffer>()    // k
                      .Arg<ffi::AnyBuffer>()    // v
+                     .Arg<ffi::AnyBuffer>()    // alibi_slopes
                      .Ret<ffi::AnyBuffer>()    // out
                      .Ret<ffi::AnyBuffer>()));  // softmax_lse
 
@@ -130,11 +159,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
                      .Arg<ffi::AnyBuffer>()    // v
                      .Arg<ffi::AnyBuffer>()    // out
                      .Arg<ffi::AnyBuffer>()    // softmax_lse
+                     .Arg<ffi::AnyBuffer>()    // alibi_slopes
                      .Ret<ffi::AnyBuffer>()    // dq
                      .Ret<ffi::AnyBuffer>()    // dk (num_heads heads)
                      .Ret<ffi::AnyBuffer>()    // dv (num_heads heads)
                      .Ret<ffi::AnyBuffer>()    // dq_accum scratch
-                     .Ret<ffi::AnyBuffer>()));  // softmax_d scratch
+                     .Ret<ffi::AnyBuffer>())   // softmax_d scratch
+        .Attr<bool>("deterministic"));
 
 namespace {
 
@@ -142,6 +173,19 @@ jfa_dtype parse_dtype(const std::string& name) {
   if (name == "float16") return JFA_FLOAT16;
   if (name == "bfloat16") return JFA_BFLOAT16;
   throw py::value_error("dtype must be 'float16' or 'bfloat16', got '" + name + "'");
+}
+
+int query_num_sms(int64_t device) {
+  if (device < -1 || device > INT32_MAX) {
+    throw py::value_error("device must be -1 (all) or a CUDA device ordinal, got " +
+                          std::to_string(device));
+  }
+  char err[kErrLen] = {0};
+  int sms = 0;
+  if (jfa_num_sms(static_cast<int>(device), &sms, err, kErrLen) != JFA_OK) {
+    throw std::runtime_error(err);
+  }
+  return sms;
 }
 
 }  // namespace
@@ -159,15 +203,26 @@ PYBIND11_MODULE(_jax_flash_attn_cpp, m) {
   });
   m.def("build_config", [] { return std::string(jfa_build_config()); });
   m.def("abi_version", [] { return jfa_abi_version(); });
-  m.def("bwd_workspace_elems",
-        [](int64_t batch, int64_t seqlen_q, int64_t num_heads, int64_t head_dim) {
-          jfa_attention_shape s{};
-          s.batch = batch;
-          s.seqlen_q = seqlen_q;
-          s.num_heads = num_heads;
-          s.head_dim = head_dim;
-          int64_t dq_accum = 0, softmax_d = 0;
-          jfa_bwd_workspace_elems(&s, &dq_accum, &softmax_d);
-          return py::make_tuple(dq_accum, softmax_d);
-        });
+  m.def(
+      "bwd_workspace_elems",
+      [](int64_t batch, int64_t seqlen_q, int64_t num_heads, int64_t head_dim, bool deterministic,
+         int64_t num_sms) {
+        if (num_sms < 0 || num_sms > INT32_MAX) {
+          throw py::value_error("num_sms must be 0 (ask the GPU) or a positive SM count, got " +
+                                std::to_string(num_sms));
+        }
+        jfa_attention_shape s{};
+        s.batch = batch;
+        s.seqlen_q = seqlen_q;
+        s.num_heads = num_heads;
+        s.head_dim = head_dim;
+        s.deterministic = deterministic;
+        if (deterministic && num_sms == 0) num_sms = query_num_sms(-1);
+        int64_t dq_accum = 0, softmax_d = 0;
+        jfa_bwd_workspace_elems(&s, static_cast<int>(num_sms), &dq_accum, &softmax_d);
+        return py::make_tuple(dq_accum, softmax_d);
+      },
+      py::arg("batch"), py::arg("seqlen_q"), py::arg("num_heads"), py::arg("head_dim"),
+      py::arg("deterministic").noconvert() = false, py::arg("num_sms") = 0, py::pos_only());
+  m.def("num_sms", &query_num_sms, py::arg("device") = -1, py::pos_only());
 }

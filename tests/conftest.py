@@ -7,6 +7,11 @@ a binding named explicitly must import.
 """
 
 import importlib
+import os
+
+# 8 CPU devices for tests/test_sharding.py; must be set before JAX starts its backends (on_gpu() below).
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
 import jax
 import numpy as np

@@ -66,7 +66,7 @@ def test_extension_surface(flash):
     targets = ext.registrations()
     assert set(targets) == {"fwd", "bwd"}
     assert all(type(c).__name__ == "PyCapsule" for c in targets.values())
-    assert ext.abi_version() == 1
+    assert ext.abi_version() == 2
     assert flash.build_config().startswith("kernels: ")
     # The default build (and CI) compiles bfloat16 with head_dim 128.
     assert flash.has_kernel("bfloat16", 128)
@@ -75,3 +75,7 @@ def test_extension_surface(flash):
         flash.has_kernel("float32", 128)
     # dq_accum is [batch, round128(seqlen_q), heads, round32(head_dim)], softmax_d [batch, heads, round128(seqlen_q)]
     assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72)) == (2 * 128 * 4 * 96, 2 * 4 * 128)
+    # Deterministic: ceil(num_sms / (batch * heads)) copies of dq_accum, at least one.
+    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72, True, 132)) == (17 * 2 * 128 * 4 * 96, 2 * 4 * 128)
+    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72, True, 4)) == (2 * 128 * 4 * 96, 2 * 4 * 128)
+    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72, False, 132)) == (2 * 128 * 4 * 96, 2 * 4 * 128)

@@ -88,10 +88,11 @@ def test_nan_in_a_key_reaches_only_rows_that_see_it(flash, rng):
 
 @pytest.mark.parametrize("attrs", [
     dict(softmax_scale=np.float32(1), is_causal=False, window_left=np.int64(-1), window_right=np.int32(-1),
-         softcap=np.float32(0)),                                    # window_left of the wrong type
-    dict(softmax_scale=np.float32(1), is_causal=False, window_right=np.int32(-1), softcap=np.float32(0)),
+         softcap=np.float32(0), has_alibi=False),                   # window_left of the wrong type
+    dict(softmax_scale=np.float32(1), is_causal=False, window_right=np.int32(-1), softcap=np.float32(0),
+         has_alibi=False),
     dict(softmax_scale=np.float32(1), is_causal=False, window_left=np.int32(-7), window_right=np.int32(-1),
-         softcap=np.float32(0)),                                    # out of range
+         softcap=np.float32(0), has_alibi=False),                   # out of range
 ], ids=["wrong-type", "missing", "out-of-range"])
 def test_handler_rejects_malformed_attributes(flash, attrs):
     """Malformed attributes through jax.ffi.ffi_call: an XLA error, then business as usual."""
@@ -102,5 +103,5 @@ def test_handler_rejects_malformed_attributes(flash, attrs):
     # The wording of decoding errors is XLA's (C++) or ours (Rust); the range
     # check is the shared C ABI's.
     with pytest.raises(Exception, match="window" if attrs.get("window_left") == -7 else None):
-        jax.block_until_ready(call(q, q, q, **attrs))
+        jax.block_until_ready(call(q, q, q, jnp.zeros((1, 2), jnp.float32), **attrs))
     assert bool(jnp.all(jnp.isfinite(flash.flash_mha(q, q, q))))

@@ -2,14 +2,21 @@
 
     from jax_flash_attn import flash_mha   # or: from jflash_attn import flash_mha
     out = flash_mha(q, k, v, is_causal=True)   # [batch, seq, heads, head_dim]
+    out, lse = flash_mha(q, k, v, alibi_slopes=slopes, deterministic=True, return_lse=True)
+
+dot_product_attention (jax.nn.dot_product_attention's signature) and
+flax_attention_fn (an attention_fn for flax's MultiHeadDotProductAttention)
+run the kernels where they compute the same attention and fall back to JAX's
+and flax's own implementations elsewhere.
 
 Both packages share this front end and differ only in the binding that hands
 the kernels to XLA (C++/pybind11 in jax_flash_attn, Rust/PyO3 in jflash_attn).
 """
 
 from . import _binding
-from ._attention import flash_mha
+from ._attention import dot_product_attention, flash_mha, flax_attention_fn
 from ._reference import attention_reference
+from ._ring import ring_flash_mha, ring_flash_mha_sharded
 
 __version__ = "0.1.0"
 BINDING = _binding.NAME
@@ -25,4 +32,11 @@ def has_kernel(dtype, head_dim):
     return _binding.extension.has_kernel(str(dtype), int(head_dim))
 
 
-__all__ = ["flash_mha", "attention_reference", "build_config", "has_kernel", "BINDING"]
+def num_sms(device=-1):
+    """The SM count of CUDA device `device` (-1: the largest over the visible GPUs),
+    which sizes the deterministic backward's workspace; RuntimeError without a GPU."""
+    return _binding.extension.num_sms(int(device))
+
+
+__all__ = ["flash_mha", "ring_flash_mha", "ring_flash_mha_sharded", "attention_reference",
+           "dot_product_attention", "flax_attention_fn", "build_config", "has_kernel", "num_sms", "BINDING"]

@@ -1,8 +1,9 @@
 """Attention in plain JAX: the CPU fallback of flash_mha and the tests' oracle.
 
 It has the kernels' exact semantics (bottom-right-aligned causal masks and
-windows, softcap, GQA, zeros for rows that see no key) and computes in
-float32, or float64 when the inputs are float64.
+windows, softcap, GQA, ALiBi, zeros for rows that see no key and +inf for
+their log-sum-exp) and computes in float32, or float64 when the inputs are
+float64.
 """
 
 import jax
@@ -34,12 +35,34 @@ def attention_mask(seqlen_q, seqlen_k, is_causal=False, window_size=(-1, -1)):
     return mask
 
 
+def alibi_distance(seqlen_q, seqlen_k, is_causal=False, window_size=(-1, -1)):
+    """[seqlen_q, seqlen_k] float32: what FlashAttention-2 multiplies each ALiBi slope by.
+
+    With the causal mask (the window (-1, 0) after normalization) the kernels
+    add slope * j, the key's position; otherwise -slope * |i + seqlen_k -
+    seqlen_q - j|, the distance to the bottom-right-aligned diagonal (alibi.h,
+    mask.h). The two agree up to a constant per row, so the attention output
+    is the same, but the log-sum-exp differs by that constant.
+    """
+    left, right = normalize_window(window_size, is_causal, seqlen_k)
+    j = jnp.arange(seqlen_k, dtype=jnp.float32)[None, :]
+    if left < 0 and right == 0:
+        return jnp.broadcast_to(j, (seqlen_q, seqlen_k))
+    i = jnp.arange(seqlen_q, dtype=jnp.float32)[:, None] + (seqlen_k - seqlen_q)
+    return -jnp.abs(i - j)
+
+
 def attention_reference(q, k, v, softmax_scale=None, is_causal=False, window_size=(-1, -1),
-                        softcap=0.0, compute_dtype=None):
+                        softcap=0.0, compute_dtype=None, alibi_slopes=None):
     """Returns (out, lse): out like q, lse [batch, heads, seqlen_q] float32 (+inf where no key).
 
     compute_dtype overrides the arithmetic's precision: the tests pass the
     inputs' own dtype to measure what plain low-precision JAX gets wrong.
+    alibi_slopes ([heads] or [batch, heads]) adds slope * alibi_distance() to
+    the scores after softmax_scale and softcap, as the kernels do.
+
+    Differentiable in q, k, v, through out and lse alike (d lse_i / d s_ij =
+    p_ij); the slopes get a gradient too, which flash_mha does not compute.
     """
     out_dtype = q.dtype
     compute = compute_dtype or (jnp.float64 if q.dtype == jnp.float64 else jnp.float32)
@@ -53,6 +76,10 @@ def attention_reference(q, k, v, softmax_scale=None, is_causal=False, window_siz
     scores = scores * softmax_scale
     if softcap > 0:
         scores = softcap * jnp.tanh(scores / softcap)
+    if alibi_slopes is not None:
+        slopes = jnp.broadcast_to(jnp.asarray(alibi_slopes, compute), (q.shape[0], q.shape[2]))
+        distance = alibi_distance(q.shape[1], k.shape[1], is_causal, window_size).astype(compute)
+        scores = scores + slopes[:, :, None, None] * distance
     mask = attention_mask(q.shape[1], k.shape[1], is_causal, window_size)
     scores = jnp.where(mask, scores, -jnp.inf)
     row_max = jnp.max(scores, axis=-1, keepdims=True)

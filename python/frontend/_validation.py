@@ -66,3 +66,30 @@ def check_options(softmax_scale, is_causal, window_size, softcap):
             or softcap < 0:
         raise ValueError(f"flash_mha: softcap must be a finite number >= 0 (0 disables it), got {softcap!r}")
     return softmax_scale, bool(is_causal), (int(left), int(right)), float(softcap)
+
+
+def check_flag(name, value):
+    """A bool option (numpy bools too), returned as a Python bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"flash_mha: {name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def check_alibi_slopes(alibi_slopes, batch, heads):
+    """None, or the slopes as an array of shape [heads] or [batch, heads] of a float dtype."""
+    if alibi_slopes is None:
+        return None
+    if not hasattr(alibi_slopes, "shape") or not hasattr(alibi_slopes, "dtype"):
+        raise TypeError(
+            f"flash_mha: alibi_slopes must be None or a float32 array of shape [heads] or "
+            f"[batch, heads], got {type(alibi_slopes).__name__}")
+    dtype = jnp.dtype(alibi_slopes.dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"flash_mha: alibi_slopes has dtype {dtype.name}; it must be float32 "
+                        f"(other float dtypes are converted to it)")
+    shape = tuple(alibi_slopes.shape)
+    if shape not in ((heads,), (batch, heads)):
+        raise ValueError(
+            f"flash_mha: alibi_slopes must have shape [heads] = ({heads},) or [batch, heads] = "
+            f"({batch}, {heads}), got {shape}")
+    return alibi_slopes

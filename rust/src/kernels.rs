@@ -11,12 +11,13 @@
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 
-pub const JFA_ABI_VERSION: c_int = 1;
+pub const JFA_ABI_VERSION: c_int = 2;
 
 // jfa_status
 pub const JFA_OK: c_int = 0;
 pub const JFA_INVALID_ARGUMENT: c_int = 1;
 pub const JFA_UNSUPPORTED: c_int = 2;
+pub const JFA_CUDA_ERROR: c_int = 3;
 
 // jfa_dtype
 pub const JFA_FLOAT16: c_int = 0;
@@ -37,6 +38,7 @@ pub struct AttentionShape {
     pub window_left: i32,
     pub window_right: i32,
     pub softcap: f32,
+    pub deterministic: i32,
 }
 
 #[repr(C)]
@@ -47,6 +49,8 @@ pub struct FwdArgs {
     pub v: *const c_void,
     pub out: *mut c_void,
     pub softmax_lse: *mut f32,
+    pub alibi_slopes: *const f32,
+    pub alibi_slopes_batch_stride: i64,
 }
 
 #[repr(C)]
@@ -63,6 +67,9 @@ pub struct BwdArgs {
     pub dv: *mut c_void,
     pub dq_accum: *mut f32,
     pub softmax_d: *mut f32,
+    pub dq_accum_elems: i64,
+    pub alibi_slopes: *const f32,
+    pub alibi_slopes_batch_stride: i64,
 }
 
 /// A buffer as XLA describes it: dtype code, rank, dims.
@@ -90,9 +97,16 @@ extern "C" {
     ) -> c_int;
     pub fn jfa_bwd_workspace_elems(
         shape: *const AttentionShape,
+        num_sms: c_int,
         dq_accum_elems: *mut i64,
         softmax_d_elems: *mut i64,
     );
+    pub fn jfa_num_sms(
+        device: c_int,
+        num_sms: *mut c_int,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
     pub fn jfa_check_shape(shape: *const AttentionShape, err: *mut c_char, err_len: usize)
         -> c_int;
     pub fn jfa_mha_fwd(
@@ -123,7 +137,7 @@ pub struct Failure {
 const ERR_LEN: usize = 1024;
 
 /// Calls a C ABI function that reports errors through (err, err_len).
-fn with_err(call: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<(), Failure> {
+pub fn with_err(call: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<(), Failure> {
     let mut err = [0 as c_char; ERR_LEN];
     let status = call(err.as_mut_ptr(), ERR_LEN);
     if status == JFA_OK {

@@ -5,7 +5,10 @@
 //! which python/frontend relies:
 //!   registrations()      {"fwd": capsule, "bwd": capsule} of XLA FFI handlers
 //!   has_kernel(dtype, head_dim), build_config(), abi_version()
-//!   bwd_workspace_elems(batch, seqlen_q, num_heads, head_dim) -> (int, int)
+//!   bwd_workspace_elems(batch, seqlen_q, num_heads, head_dim, deterministic=False,
+//!                       num_sms=0) -> (int, int)   (num_sms 0: ask num_sms())
+//!   num_sms(device=-1) -> int   (RuntimeError without a GPU)
+//! All arguments are positional-only.
 //!
 //! The Python module is left out of the unit tests (`cfg(test)`): a test
 //! executable has no libpython to resolve it against.
@@ -25,7 +28,7 @@ mod python {
     use std::ffi::{c_void, CStr};
     use std::ptr;
 
-    use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
+    use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
     use pyo3::prelude::*;
     use pyo3::types::{PyByteArray, PyBytes, PyDict};
 
@@ -106,19 +109,59 @@ mod python {
         unsafe { kernels::jfa_abi_version() }
     }
 
+    /// The C++ binding's query_num_sms: the C ABI's jfa_num_sms, its failure
+    /// a RuntimeError with the library's message.
+    fn query_num_sms(device: i64) -> PyResult<i64> {
+        if device < -1 || device > i32::MAX as i64 {
+            return Err(PyValueError::new_err(format!(
+                "device must be -1 (all) or a CUDA device ordinal, got {device}"
+            )));
+        }
+        let mut sms = 0;
+        // SAFETY: all pointers are to locals.
+        kernels::with_err(|err, len| unsafe {
+            kernels::jfa_num_sms(device as i32, &mut sms, err, len)
+        })
+        .map_err(|failure| PyRuntimeError::new_err(failure.message))?;
+        Ok(sms as i64)
+    }
+
     #[pyfunction]
-    #[pyo3(signature = (batch, seqlen_q, num_heads, head_dim, /))]
+    #[pyo3(signature = (batch, seqlen_q, num_heads, head_dim, deterministic=false, num_sms=0, /))]
     fn bwd_workspace_elems(
         #[pyo3(from_py_with = int64_arg)] batch: i64,
         #[pyo3(from_py_with = int64_arg)] seqlen_q: i64,
         #[pyo3(from_py_with = int64_arg)] num_heads: i64,
         #[pyo3(from_py_with = int64_arg)] head_dim: i64,
-    ) -> (i64, i64) {
-        let shape = AttentionShape { batch, seqlen_q, num_heads, head_dim, ..Default::default() };
+        deterministic: bool,
+        #[pyo3(from_py_with = int64_arg)] num_sms: i64,
+    ) -> PyResult<(i64, i64)> {
+        if !(0..=i32::MAX as i64).contains(&num_sms) {
+            return Err(PyValueError::new_err(format!(
+                "num_sms must be 0 (ask the GPU) or a positive SM count, got {num_sms}"
+            )));
+        }
+        let shape = AttentionShape {
+            batch,
+            seqlen_q,
+            num_heads,
+            head_dim,
+            deterministic: deterministic as i32,
+            ..Default::default()
+        };
+        let num_sms = if deterministic && num_sms == 0 { query_num_sms(-1)? } else { num_sms };
         let (mut dq_accum, mut softmax_d) = (0, 0);
         // SAFETY: all pointers are to locals.
-        unsafe { kernels::jfa_bwd_workspace_elems(&shape, &mut dq_accum, &mut softmax_d) };
-        (dq_accum, softmax_d)
+        unsafe {
+            kernels::jfa_bwd_workspace_elems(&shape, num_sms as i32, &mut dq_accum, &mut softmax_d)
+        };
+        Ok((dq_accum, softmax_d))
+    }
+
+    #[pyfunction]
+    #[pyo3(signature = (device=-1, /))]
+    fn num_sms(#[pyo3(from_py_with = int64_arg)] device: i64) -> PyResult<i64> {
+        query_num_sms(device)
     }
 
     /// jax-flash-attn Rust binding: XLA FFI handlers for FlashAttention kernels.
@@ -129,6 +172,7 @@ mod python {
         m.add_function(wrap_pyfunction!(build_config, m)?)?;
         m.add_function(wrap_pyfunction!(abi_version, m)?)?;
         m.add_function(wrap_pyfunction!(bwd_workspace_elems, m)?)?;
+        m.add_function(wrap_pyfunction!(num_sms, m)?)?;
         Ok(())
     }
 }

@@ -26,18 +26,22 @@ extern const jfa_rust_layout_entry jfa_rust_layout[];
 const jfa_rust_layout_entry jfa_rust_layout[] = {
     // flash_attn.h
     VALUE(JFA_ABI_VERSION), VALUE(JFA_OK), VALUE(JFA_INVALID_ARGUMENT), VALUE(JFA_UNSUPPORTED),
+    VALUE(JFA_CUDA_ERROR),
     VALUE(JFA_FLOAT16), VALUE(JFA_BFLOAT16), SIZE(jfa_dtype),
     SIZE(jfa_attention_shape), FIELD(jfa_attention_shape, num_heads_k),
     FIELD(jfa_attention_shape, head_dim), FIELD(jfa_attention_shape, dtype),
     FIELD(jfa_attention_shape, softmax_scale), FIELD(jfa_attention_shape, is_causal),
     FIELD(jfa_attention_shape, window_left), FIELD(jfa_attention_shape, window_right),
-    FIELD(jfa_attention_shape, softcap),
+    FIELD(jfa_attention_shape, softcap), FIELD(jfa_attention_shape, deterministic),
     SIZE(jfa_fwd_args), FIELD(jfa_fwd_args, q), FIELD(jfa_fwd_args, k), FIELD(jfa_fwd_args, v),
-    FIELD(jfa_fwd_args, out), FIELD(jfa_fwd_args, softmax_lse),
+    FIELD(jfa_fwd_args, out), FIELD(jfa_fwd_args, softmax_lse), FIELD(jfa_fwd_args, alibi_slopes),
+    FIELD(jfa_fwd_args, alibi_slopes_batch_stride),
     SIZE(jfa_bwd_args), FIELD(jfa_bwd_args, q), FIELD(jfa_bwd_args, k), FIELD(jfa_bwd_args, v),
     FIELD(jfa_bwd_args, out), FIELD(jfa_bwd_args, softmax_lse), FIELD(jfa_bwd_args, dout),
     FIELD(jfa_bwd_args, dq), FIELD(jfa_bwd_args, dk), FIELD(jfa_bwd_args, dv),
     FIELD(jfa_bwd_args, dq_accum), FIELD(jfa_bwd_args, softmax_d),
+    FIELD(jfa_bwd_args, dq_accum_elems), FIELD(jfa_bwd_args, alibi_slopes),
+    FIELD(jfa_bwd_args, alibi_slopes_batch_stride),
     SIZE(jfa_buffer), FIELD(jfa_buffer, rank), FIELD(jfa_buffer, dims),
     // c_api.h
     VALUE(XLA_FFI_API_MAJOR), VALUE(XLA_FFI_API_MINOR),
@@ -96,7 +100,8 @@ static_assert(same<decltype(jfa_fwd_shape_from_buffers),
 static_assert(same<decltype(jfa_bwd_shape_from_buffers),
                    int(const jfa_buffer*, size_t, jfa_attention_shape*, char*, size_t)>);
 static_assert(same<decltype(jfa_bwd_workspace_elems),
-                   void(const jfa_attention_shape*, int64_t*, int64_t*)>);
+                   void(const jfa_attention_shape*, int, int64_t*, int64_t*)>);
+static_assert(same<decltype(jfa_num_sms), int(int, int*, char*, size_t)>);
 static_assert(same<decltype(jfa_check_shape), int(const jfa_attention_shape*, char*, size_t)>);
 static_assert(same<decltype(jfa_mha_fwd), int(const jfa_fwd_args*, void*, char*, size_t)>);
 static_assert(same<decltype(jfa_mha_bwd), int(const jfa_bwd_args*, void*, char*, size_t)>);

@@ -6,8 +6,9 @@
  *
  * Layout contract: every tensor is dense, row-major, [batch, seq, heads, dim]
  * for q/k/v/out and their gradients; [batch, heads, seq_q] for the float32
- * log-sum-exp. Pointers are device pointers. All calls are asynchronous on
- * the given stream.
+ * log-sum-exp; float32 [batch, heads] (or [heads], batch stride 0) for ALiBi
+ * slopes. Pointers are device pointers. All calls are asynchronous on the
+ * given stream.
  *
  * Errors: functions return JFA_OK (0) or a nonzero status and, when `err` is
  * not NULL, write a NUL-terminated message of at most err_len bytes into it.
@@ -23,7 +24,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a struct below changes layout; bindings check it. */
-#define JFA_ABI_VERSION 1
+#define JFA_ABI_VERSION 2
 
 typedef enum {
   JFA_OK = 0,
@@ -52,6 +53,11 @@ typedef struct {
   int32_t window_left; /* -1: unbounded */
   int32_t window_right;
   float softcap; /* 0: off */
+  /* Backward only: accumulate dq in ceil(num_sms / (batch * num_heads))
+   * separate float32 copies, summed in a fixed order afterwards, so that
+   * repeated runs give bit-identical gradients (FlashAttention-2's
+   * deterministic mode). The forward pass ignores it. */
+  int32_t deterministic;
 } jfa_attention_shape;
 
 typedef struct {
@@ -60,7 +66,14 @@ typedef struct {
   const void* k;
   const void* v;
   void* out;
-  float* softmax_lse; /* [batch, num_heads, seqlen_q] */
+  float* softmax_lse; /* [batch, num_heads, seqlen_q]; +inf for rows that see no key */
+  /* ALiBi, as FlashAttention-2 applies it: NULL for none, else one float32
+   * slope per (batch, head) at alibi_slopes[b * alibi_slopes_batch_stride + h]
+   * (stride 0: one slope per head for the whole batch). The score of query i
+   * and key j gains slope * j with the causal mask (window (-1, 0)), else
+   * -slope * |i + seqlen_k - seqlen_q - j|, after softmax_scale and softcap. */
+  const float* alibi_slopes;
+  int64_t alibi_slopes_batch_stride;
 } jfa_fwd_args;
 
 typedef struct {
@@ -76,9 +89,16 @@ typedef struct {
    * sums each group of num_heads / num_heads_k heads afterwards. */
   void* dk;
   void* dv;
-  /* Scratch of jfa_bwd_workspace_elems() float32 elements each. */
+  /* Scratch of jfa_bwd_workspace_elems() float32 elements each. The library
+   * zeroes what it needs of dq_accum itself; the caller need not. */
   float* dq_accum;
   float* softmax_d;
+  /* dq_accum's size in float32 elements. With shape.deterministic, it must
+   * hold the splits this GPU needs (jfa_bwd_workspace_elems() with the GPU's
+   * jfa_num_sms()); a smaller one is refused with JFA_INVALID_ARGUMENT. */
+  int64_t dq_accum_elems;
+  const float* alibi_slopes; /* as in jfa_fwd_args */
+  int64_t alibi_slopes_batch_stride;
 } jfa_bwd_args;
 
 /* One buffer as XLA's FFI describes it: its dtype code (XLA_FFI_DataType:
@@ -91,18 +111,32 @@ typedef struct {
 
 /* Validate the buffers of an XLA call and derive the shape from them, so that
  * both bindings check alike and give identical messages. The caller sets the
- * option fields of *shape (softmax_scale .. softcap); these fill the rest.
- *   forward:  q, k, v, out, softmax_lse                          (5 buffers)
- *   backward: dout, q, k, v, out, softmax_lse,
- *             dq, dk, dv, dq_accum, softmax_d                    (11 buffers) */
+ * option fields of *shape (softmax_scale .. deterministic); these fill the rest.
+ * alibi_slopes is float32 [batch, num_heads] and always present (zeros and
+ * ignored when the call has no ALiBi).
+ *   forward:  q, k, v, alibi_slopes, out, softmax_lse            (6 buffers)
+ *   backward: dout, q, k, v, out, softmax_lse, alibi_slopes,
+ *             dq, dk, dv, dq_accum, softmax_d                    (12 buffers)
+ * The backward's dq_accum is a float32 vector of one split, the size
+ * jfa_bwd_workspace_elems() gives without shape->deterministic; with it, of a
+ * positive whole number of splits (jfa_mha_bwd checks that there are enough
+ * for the GPU it runs on). */
 int jfa_fwd_shape_from_buffers(const jfa_buffer* buffers, size_t num_buffers,
                                jfa_attention_shape* shape, char* err, size_t err_len);
 int jfa_bwd_shape_from_buffers(const jfa_buffer* buffers, size_t num_buffers,
                                jfa_attention_shape* shape, char* err, size_t err_len);
 
-/* Element counts of the two float32 scratch buffers the backward pass needs. */
-void jfa_bwd_workspace_elems(const jfa_attention_shape* shape, int64_t* dq_accum_elems,
-                             int64_t* softmax_d_elems);
+/* Element counts of the two float32 scratch buffers the backward pass needs.
+ * num_sms is the SM count of the GPU the backward will run on (jfa_num_sms());
+ * only the deterministic backward depends on it: its dq_accum holds
+ * ceil(num_sms / (batch * num_heads)) splits (at least 1). */
+void jfa_bwd_workspace_elems(const jfa_attention_shape* shape, int num_sms,
+                             int64_t* dq_accum_elems, int64_t* softmax_d_elems);
+
+/* The number of streaming multiprocessors of CUDA device `device`, or with
+ * device -1 the largest over all visible devices. JFA_CUDA_ERROR (with the
+ * CUDA runtime's message) when there is no usable GPU. */
+int jfa_num_sms(int device, int* num_sms, char* err, size_t err_len);
 
 /* Checks shapes and options without touching the GPU. */
 int jfa_check_shape(const jfa_attention_shape* shape, char* err, size_t err_len);

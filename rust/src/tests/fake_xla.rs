@@ -116,15 +116,43 @@ pub fn pred_attr(name: &str, v: bool) -> Attr {
     attr(name, xla::PRED, [v as u8, 0, 0, 0, 0, 0, 0, 0])
 }
 
-/// The attributes the front end passes, sorted by name as XLA sorts them.
+/// The forward attributes the front end passes (has_alibi false), sorted by
+/// name as XLA sorts them.
 pub fn options(scale: f32, causal: bool, left: i32, right: i32, softcap: f32) -> Vec<Attr> {
+    fwd_attrs(scale, causal, left, right, softcap, false)
+}
+
+pub fn fwd_attrs(
+    scale: f32,
+    causal: bool,
+    left: i32,
+    right: i32,
+    softcap: f32,
+    has_alibi: bool,
+) -> Vec<Attr> {
     vec![
+        pred_attr("has_alibi", has_alibi),
         pred_attr("is_causal", causal),
         f32_attr("softcap", softcap),
         f32_attr("softmax_scale", scale),
         s32_attr("window_left", left),
         s32_attr("window_right", right),
     ]
+}
+
+/// The backward's: the forward's and `deterministic`, which sorts first.
+pub fn bwd_attrs(
+    scale: f32,
+    causal: bool,
+    left: i32,
+    right: i32,
+    softcap: f32,
+    has_alibi: bool,
+    deterministic: bool,
+) -> Vec<Attr> {
+    let mut attrs = vec![pred_attr("deterministic", deterministic)];
+    attrs.extend(fwd_attrs(scale, causal, left, right, softcap, has_alibi));
+    attrs
 }
 
 /// Everything a call frame is built from.
@@ -150,6 +178,7 @@ pub const DK: usize = 0x8000;
 pub const DV: usize = 0x9000;
 pub const DQ_ACCUM: usize = 0xa000;
 pub const SOFTMAX_D: usize = 0xb000;
+pub const ALIBI: usize = 0xd000;
 pub const STREAM: usize = 0xcafe;
 
 fn spec(args: Vec<Tensor>, rets: Vec<Tensor>) -> Spec {
@@ -172,9 +201,24 @@ pub fn fwd_spec() -> Spec {
             tensor(xla::BF16, &[b, sq, h, d], Q),
             tensor(xla::BF16, &[b, sk, hk, d], K),
             tensor(xla::BF16, &[b, sk, hk, d], V),
+            tensor(xla::F32, &[b, h], ALIBI),
         ],
         vec![tensor(xla::BF16, &[b, sq, h, d], OUT), tensor(xla::F32, &[b, h, sq], LSE)],
     )
+}
+
+/// One split of the backward's dq_accum for bwd_spec's shape.
+pub fn dq_accum_split() -> i64 {
+    let shape = AttentionShape {
+        batch: 2,
+        seqlen_q: 128,
+        num_heads: 4,
+        head_dim: 128,
+        ..Default::default()
+    };
+    let (mut dq_accum, mut softmax_d) = (0, 0);
+    unsafe { crate::kernels::jfa_bwd_workspace_elems(&shape, 0, &mut dq_accum, &mut softmax_d) };
+    dq_accum
 }
 
 /// The matching valid backward call.
@@ -183,8 +227,8 @@ pub fn bwd_spec() -> Spec {
     let shape =
         AttentionShape { batch: b, seqlen_q: sq, num_heads: h, head_dim: d, ..Default::default() };
     let (mut dq_accum, mut softmax_d) = (0, 0);
-    unsafe { crate::kernels::jfa_bwd_workspace_elems(&shape, &mut dq_accum, &mut softmax_d) };
-    spec(
+    unsafe { crate::kernels::jfa_bwd_workspace_elems(&shape, 0, &mut dq_accum, &mut softmax_d) };
+    let mut spec = spec(
         vec![
             tensor(xla::BF16, &[b, sq, h, d], DOUT),
             tensor(xla::BF16, &[b, sq, h, d], Q),
@@ -192,6 +236,7 @@ pub fn bwd_spec() -> Spec {
             tensor(xla::BF16, &[b, sk, hk, d], V),
             tensor(xla::BF16, &[b, sq, h, d], OUT),
             tensor(xla::F32, &[b, h, sq], LSE),
+            tensor(xla::F32, &[b, h], ALIBI),
         ],
         vec![
             tensor(xla::BF16, &[b, sq, h, d], DQ),
@@ -200,7 +245,9 @@ pub fn bwd_spec() -> Spec {
             tensor(xla::F32, &[dq_accum], DQ_ACCUM),
             tensor(xla::F32, &[softmax_d], SOFTMAX_D),
         ],
-    )
+    );
+    spec.attrs = bwd_attrs(0.125, true, -1, -1, 0.0, false, false);
+    spec
 }
 
 /// A call frame and the storage it points into (heap data does not move).
@@ -317,12 +364,15 @@ pub fn outcome(error: *mut xla::Error) -> Option<(c_int, String)> {
     Some((error.code, error.message.into_string().unwrap()))
 }
 
-/// One recorded kernel launch.
+/// One recorded kernel launch. `alibi` is (slopes pointer, batch stride);
+/// `dq_accum_elems` is the backward's (0 for the forward).
 #[derive(Debug, PartialEq)]
 pub struct Launch {
     pub shape: AttentionShape,
     pub pointers: Vec<usize>,
     pub stream: usize,
+    pub alibi: (usize, i64),
+    pub dq_accum_elems: i64,
 }
 
 /// Validates with the real C ABI; records launches; fails them on request.
@@ -334,16 +384,11 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    fn launch(
-        &self,
-        shape: AttentionShape,
-        pointers: Vec<usize>,
-        stream: *mut c_void,
-    ) -> Result<(), Failure> {
+    fn launch(&self, launch: Launch) -> Result<(), Failure> {
         if self.panic_on_launch {
             panic!("launch exploded");
         }
-        self.launches.borrow_mut().push(Launch { shape, pointers, stream: stream as usize });
+        self.launches.borrow_mut().push(launch);
         match self.launch_failure {
             Some((status, message)) => Err(Failure { status, message: message.into() }),
             None => Ok(()),
@@ -363,7 +408,13 @@ impl KernelLib for Recorder {
     unsafe fn mha_fwd(&self, a: &FwdArgs, stream: *mut c_void) -> Result<(), Failure> {
         let pointers =
             vec![a.q as usize, a.k as usize, a.v as usize, a.out as usize, a.softmax_lse as usize];
-        self.launch(a.shape, pointers, stream)
+        self.launch(Launch {
+            shape: a.shape,
+            pointers,
+            stream: stream as usize,
+            alibi: (a.alibi_slopes as usize, a.alibi_slopes_batch_stride),
+            dq_accum_elems: 0,
+        })
     }
 
     unsafe fn mha_bwd(&self, a: &BwdArgs, stream: *mut c_void) -> Result<(), Failure> {
@@ -380,6 +431,12 @@ impl KernelLib for Recorder {
             a.dq_accum as usize,
             a.softmax_d as usize,
         ];
-        self.launch(a.shape, pointers.to_vec(), stream)
+        self.launch(Launch {
+            shape: a.shape,
+            pointers: pointers.to_vec(),
+            stream: stream as usize,
+            alibi: (a.alibi_slopes as usize, a.alibi_slopes_batch_stride),
+            dq_accum_elems: a.dq_accum_elems,
+        })
     }
 }

@@ -143,39 +143,40 @@ fn operand_counts_must_match() {
     spec.args.pop();
     assert_eq!(
         run_fwd(&spec),
-        invalid("[execute] Wrong number of arguments: expected 3 but got 2")
+        invalid("[execute] Wrong number of arguments: expected 4 but got 3")
     );
     let mut spec = fwd_spec();
     spec.rets.push(spec.rets[0].clone());
     assert_eq!(run_fwd(&spec), invalid("[execute] Wrong number of results: expected 2 but got 3"));
     let mut spec = fwd_spec();
-    spec.attrs.remove(1);
+    spec.attrs.remove(2);
     assert_eq!(
         run_fwd(&spec),
         invalid(
-            "[execute] Wrong number of attributes: expected 5 but got 4 with name(s): \
-             is_causal, softmax_scale, window_left, window_right"
+            "[execute] Wrong number of attributes: expected 6 but got 5 with name(s): \
+             has_alibi, is_causal, softmax_scale, window_left, window_right"
         )
     );
     spec.attrs.clear();
     assert_eq!(
         run_fwd(&spec),
-        invalid("[execute] Wrong number of attributes: expected 5 but got 0")
+        invalid("[execute] Wrong number of attributes: expected 6 but got 0")
     );
 }
 
 #[test]
 fn bad_operands_are_reported_together_by_binding_index() {
-    // Binding order: stream 0, q k v 1-3, out lse 4-5, softmax_scale 6,
-    // is_causal 7, window_left 8, window_right 9, softcap 10.
+    // Binding order: stream 0, q k v alibi_slopes 1-4, out lse 5-6,
+    // softmax_scale 7, is_causal 8, window_left 9, window_right 10,
+    // softcap 11, has_alibi 12.
     let mut spec = fwd_spec();
     spec.stream_error = Some("no stream here");
     spec.args[1].kind = 7;
     spec.rets[1].kind = 2;
-    spec.attrs[3] = attr("window_left", 5, [0; 8]); // S64
-    spec.attrs[1].kind = 4; // softcap as a string
+    spec.attrs[4] = attr("window_left", 5, [0; 8]); // S64
+    spec.attrs[2].kind = 4; // softcap as a string
     let expected =
-        "[execute] Failed to decode all FFI handler operands (bad operands at: 0, 2, 5, 8, 10)\n\
+        "[execute] Failed to decode all FFI handler operands (bad operands at: 0, 2, 6, 9, 11)\n\
                     Diagnostics:\n\
                     Failed to get platform stream: no stream here\
                     Wrong argument type: expected 1 but got 7\
@@ -188,8 +189,8 @@ fn bad_operands_are_reported_together_by_binding_index() {
 #[test]
 fn attributes_must_come_sorted_by_name() {
     let mut spec = fwd_spec();
-    spec.attrs.swap(0, 1); // softcap, is_causal, ...
-    let expected = "[execute] Failed to decode all FFI handler operands (bad operands at: 7, 10)\n\
+    spec.attrs.swap(1, 2); // has_alibi, softcap, is_causal, ...
+    let expected = "[execute] Failed to decode all FFI handler operands (bad operands at: 8, 11)\n\
                     Diagnostics:\n\
                     Attribute name mismatch: softcap vs is_causal\
                     Attribute name mismatch: is_causal vs softcap";
@@ -228,4 +229,36 @@ fn the_runtime_api_must_be_version_0_and_large_enough() {
         std::mem::offset_of!(xla::Api, stream_get)
     );
     assert_eq!(outcome(unsafe { fwd_with(&lib, &mut call.frame) }), invalid(&expected));
+}
+
+#[test]
+fn the_backward_decodes_deterministic_too() {
+    let lib = Recorder::default();
+    let mut spec = bwd_spec();
+    spec.attrs.remove(0); // no deterministic
+    let mut call = build(&spec);
+    assert_eq!(
+        outcome(unsafe { bwd_with(&lib, &mut call.frame) }),
+        invalid(
+            "[execute] Wrong number of attributes: expected 7 but got 6 with name(s): \
+             has_alibi, is_causal, softcap, softmax_scale, window_left, window_right"
+        )
+    );
+    // Binding order: stream 0, 7 args 1-7, 5 rets 8-12, then softmax_scale 13,
+    // is_causal 14, window_left 15, window_right 16, softcap 17, has_alibi 18,
+    // deterministic 19.
+    let mut spec = bwd_spec();
+    spec.attrs[0] = attr("deterministic", xla::S32, [1, 0, 0, 0, 0, 0, 0, 0]);
+    spec.attrs[1] = attr("has_alibi", xla::F32, [0; 8]);
+    let mut call = build(&spec);
+    assert_eq!(
+        outcome(unsafe { bwd_with(&lib, &mut call.frame) }),
+        invalid(
+            "[execute] Failed to decode all FFI handler operands (bad operands at: 18, 19)\n\
+             Diagnostics:\n\
+             Wrong scalar data type: expected PRED but got F32\
+             Wrong scalar data type: expected PRED but got S32"
+        )
+    );
+    assert!(lib.launches.borrow().is_empty());
 }

@@ -26,11 +26,14 @@ fn c_abi_message(spec: &Spec, backward: bool) -> String {
         .chain(&spec.rets)
         .map(|t| JfaBuffer { xla_dtype: t.dtype, rank: t.dims.len() as i64, dims: t.dims.as_ptr() })
         .collect();
+    let deterministic =
+        backward && spec.attrs.iter().any(|a| a.name == "deterministic" && a.value[0] != 0);
     let mut shape = AttentionShape {
         softmax_scale: 0.125,
         is_causal: 1,
         window_left: -1,
         window_right: -1,
+        deterministic: deterministic as i32,
         ..Default::default()
     };
     let mut err = [0 as c_char; 1024];
@@ -64,10 +67,17 @@ fn fwd_launches_with_the_decoded_shape_pointers_and_stream() {
         window_left: -1,
         window_right: -1,
         softcap: 0.0,
+        deterministic: 0,
     };
     assert_eq!(
         launches[0],
-        Launch { shape: expected, pointers: vec![Q, K, V, OUT, LSE], stream: STREAM }
+        Launch {
+            shape: expected,
+            pointers: vec![Q, K, V, OUT, LSE],
+            stream: STREAM,
+            alibi: (0, 4), // no slopes: NULL
+            dq_accum_elems: 0,
+        }
     );
 }
 
@@ -96,6 +106,101 @@ fn bwd_launches_with_the_decoded_shape_pointers_and_stream() {
         vec![DOUT, Q, K, V, OUT, LSE, DQ, DK, DV, DQ_ACCUM, SOFTMAX_D]
     );
     assert_eq!(launches[0].stream, STREAM);
+    assert_eq!(launches[0].alibi, (0, 4));
+    assert_eq!(launches[0].dq_accum_elems, dq_accum_split());
+    assert_eq!(launches[0].shape.deterministic, 0);
+}
+
+#[test]
+fn has_alibi_passes_the_slopes_with_a_batch_stride_of_num_heads() {
+    let lib = Recorder::default();
+    let mut spec = fwd_spec();
+    spec.attrs = fwd_attrs(0.125, false, -1, -1, 0.0, true);
+    assert_eq!(run_fwd(&lib, &spec), None);
+    let mut spec = bwd_spec();
+    spec.attrs = bwd_attrs(0.125, false, -1, -1, 0.0, true, false);
+    assert_eq!(run_bwd(&lib, &spec), None);
+    let launches = lib.launches.borrow();
+    assert_eq!((launches[0].alibi, launches[1].alibi), ((ALIBI, 4), (ALIBI, 4)));
+}
+
+#[test]
+fn alibi_slopes_must_be_float32_batch_by_heads() {
+    type Case = (&'static str, fn(&mut Spec), &'static str);
+    let cases: [Case; 2] = [
+        ("rank 1", |s| s.args[3].dims = vec![4], "alibi_slopes: expected shape (2, 4), got (4,)"),
+        ("dtype", |s| s.args[3].dtype = xla::BF16, "alibi_slopes: expected dtype code 11, got 16"),
+    ];
+    for (what, edit, message) in cases {
+        let lib = Recorder::default();
+        let mut spec = fwd_spec();
+        edit(&mut spec);
+        assert_eq!(c_abi_message(&spec, false), message, "{what}");
+        assert_eq!(
+            run_fwd(&lib, &spec),
+            Some((xla::ERROR_INVALID_ARGUMENT, message.into())),
+            "{what}"
+        );
+        assert!(lib.launches.borrow().is_empty(), "{what}");
+    }
+    // The backward checks its slopes alike.
+    let lib = Recorder::default();
+    let mut spec = bwd_spec();
+    spec.args[6].dims = vec![4];
+    let message = "alibi_slopes: expected shape (2, 4), got (4,)";
+    assert_eq!(run_bwd(&lib, &spec), Some((xla::ERROR_INVALID_ARGUMENT, message.into())));
+}
+
+#[test]
+fn the_deterministic_backward_takes_whole_splits_of_dq_accum() {
+    let split = dq_accum_split();
+    let lib = Recorder::default();
+    let mut spec = bwd_spec();
+    spec.attrs = bwd_attrs(0.125, true, -1, -1, 0.0, false, true);
+    spec.rets[3].dims = vec![3 * split];
+    assert_eq!(run_bwd(&lib, &spec), None);
+    {
+        let launches = lib.launches.borrow();
+        assert_eq!(launches[0].shape.deterministic, 1);
+        assert_eq!(launches[0].dq_accum_elems, 3 * split);
+    }
+    spec.rets[3].dims = vec![3 * split + 1];
+    let expected = format!(
+        "dq_accum: the deterministic backward takes a whole number of splits of {split} \
+         elements, got shape ({},)",
+        3 * split + 1
+    );
+    assert_eq!(c_abi_message(&spec, true), expected);
+    assert_eq!(run_bwd(&lib, &spec), Some((xla::ERROR_INVALID_ARGUMENT, expected)));
+    // Without deterministic, dq_accum is exactly one split.
+    spec.attrs = bwd_attrs(0.125, true, -1, -1, 0.0, false, false);
+    spec.rets[3].dims = vec![3 * split];
+    let expected = format!("dq_accum: expected shape ({split},), got ({},)", 3 * split);
+    assert_eq!(run_bwd(&lib, &spec), Some((xla::ERROR_INVALID_ARGUMENT, expected)));
+    assert_eq!(lib.launches.borrow().len(), 1);
+}
+
+#[test]
+fn workspace_sizes_follow_the_sm_count_when_deterministic() {
+    let split = dq_accum_split();
+    let mut shape = AttentionShape {
+        batch: 2,
+        seqlen_q: 128,
+        num_heads: 4,
+        head_dim: 128,
+        ..Default::default()
+    };
+    let elems = |shape: &AttentionShape, sms: i32| {
+        let (mut dq_accum, mut softmax_d) = (0, 0);
+        unsafe { kernels::jfa_bwd_workspace_elems(shape, sms, &mut dq_accum, &mut softmax_d) };
+        (dq_accum, softmax_d)
+    };
+    assert_eq!(elems(&shape, 132), (split, 2 * 4 * 128));
+    shape.deterministic = 1;
+    // ceil(132 / (2 * 4)) = 17 splits; at least one.
+    assert_eq!(elems(&shape, 132), (17 * split, 2 * 4 * 128));
+    assert_eq!(elems(&shape, 8), (split, 2 * 4 * 128));
+    assert_eq!(elems(&shape, 0), (split, 2 * 4 * 128));
 }
 
 #[test]
@@ -205,4 +310,21 @@ fn the_linked_library_is_the_ci_kernel_set_or_more() {
     assert_eq!(unsafe { kernels::jfa_has_kernel(kernels::JFA_BFLOAT16, 128) }, 1);
     let config = unsafe { CStr::from_ptr(kernels::jfa_build_config()) }.to_str().unwrap();
     assert!(config.contains("bfloat16/128"), "{config}");
+}
+
+#[test]
+fn num_sms_is_a_count_with_a_gpu_and_a_cuda_error_without() {
+    let mut sms = -1;
+    let mut err = [0 as c_char; 1024];
+    let status = unsafe { kernels::jfa_num_sms(-1, &mut sms, err.as_mut_ptr(), err.len()) };
+    let message = unsafe { CStr::from_ptr(err.as_ptr()) }.to_str().unwrap().to_owned();
+    if status == kernels::JFA_OK {
+        assert!(sms > 0, "{sms}");
+    } else {
+        assert_eq!(status, kernels::JFA_CUDA_ERROR, "{message}");
+        assert!(message.contains("CUDA"), "{message}");
+    }
+    let status =
+        unsafe { kernels::jfa_num_sms(-1, std::ptr::null_mut(), err.as_mut_ptr(), err.len()) };
+    assert_eq!(status, kernels::JFA_INVALID_ARGUMENT);
 }
