@@ -1,7 +1,8 @@
 """A small forward+backward workload for compute-sanitizer (memcheck, racecheck).
 
-usage: compute-sanitizer --tool memcheck --kernel-name regex:flash python sanitizer_case.py PACKAGE
-Odd sizes on purpose: partial tiles at every edge, GQA, causal and windowed.
+usage: compute-sanitizer --tool memcheck --kernel-name kns=flash python sanitizer_case.py PACKAGE
+Odd sizes on purpose: partial tiles at every edge, GQA, causal and windowed, and
+ALiBi with the deterministic backward and an lse gradient.
 """
 
 import sys
@@ -14,9 +15,12 @@ flash = __import__(sys.argv[1])
 rng = np.random.default_rng(0)
 for (b, sq, sk, h, hk, d), options in [((2, 77, 133, 4, 2, 128), dict(is_causal=True)),
                                         ((1, 130, 65, 2, 1, 128), dict(window_size=(20, 3))),
-                                        ((1, 1, 300, 2, 2, 72), {})]:
+                                        ((1, 1, 300, 2, 2, 100), {}),
+                                        ((2, 99, 99, 4, 4, 128), dict(alibi_slopes=np.float32([.5, .25, .125, .0625]),
+                                                                      deterministic=True, return_lse=True))]:
     q = jnp.asarray(rng.standard_normal((b, sq, h, d)), jnp.bfloat16)
     k, v = (jnp.asarray(rng.standard_normal((b, sk, hk, d)), jnp.bfloat16) for _ in range(2))
     out, pullback = jax.vjp(lambda q, k, v: flash.flash_mha(q, k, v, **options), q, k, v)
-    jax.block_until_ready(pullback(jnp.ones_like(out)))
+    # With return_lse, out is (out, lse): its cotangent makes the second backward call run too.
+    jax.block_until_ready(pullback(jax.tree.map(jnp.ones_like, out)))
 print("sanitizer case done")

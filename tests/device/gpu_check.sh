@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The GPU verification we run on a lent GPU host (CUDA 13, Python 3.12 with
+# JAX's CUDA plugin, no Bazel, no network), one phase per call so that each
+# stays within a call's time limit. Logs go to $OUT (default /tmp/gpu-check).
+#
+#   SDIST=flash_attn-2.8.3.post2.tar.gz RUST_WHEEL=jflash_attn-...whl \
+#   tests/device/gpu_check.sh build suite   # ~5 min on 16 cores, then the suite, both bindings
+#   tests/device/gpu_check.sh sanitize      # memcheck, racecheck, error report
+#   [FA3_WHEEL=flash_attn3_jax-...whl] tests/device/gpu_check.sh bench   # every method, side by side
+#
+# `build` compiles the C++ package for this host's Python (tests/device/gpu_build.py)
+# and pip-installs the Bazel-built Rust wheel (abi3) into that Python's
+# environment (on the lent host python3 is itself a venv holding JAX), as a
+# user installs it: the suite then tests the C++ binding from build/site and
+# the Rust binding from the installed wheel.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=${OUT:-/tmp/gpu-check}
+py=${PYTHON:-python3}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH=$PWD/build/site
+
+[ $# -gt 0 ] || { sed -n '2,9p' "$0"; exit 2; }
+for phase in "$@"; do
+case "$phase" in
+  build)
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
+    python3 tests/device/gpu_build.py --sdist "$SDIST" --out build/site --head-dims 64,128 \
+      --dtypes fp16,bf16 --archs sm_90 --jobs "$(nproc)" 2>&1 | tee "$out/build.log"
+    # --no-index: the wheel's requirements (jax, numpy) must be met by what is installed.
+    "$py" -m pip install --no-index "$RUST_WHEEL" 2>&1 | tee "$out/wheel.log"
+    (cd /tmp && "$py" -c 'import jflash_attn as m; print(m.__file__, m.__version__, m.build_config())') \
+      | tee -a "$out/wheel.log"
+    ;;
+  suite)
+    XLA_FLAGS=--xla_gpu_autotune_level=0 "$py" -m pytest tests -q -n 8 -p no:cacheprovider -rfE 2>&1 | tee "$out/tests.log"
+    ;;
+  sanitize)
+    for tool in memcheck racecheck; do
+      status=0
+      timeout 240 compute-sanitizer --tool "$tool" --kernel-name kns=flash --error-exitcode 1 \
+        "$py" tests/device/sanitizer_case.py jax_flash_attn >"$out/$tool.log" 2>&1 || status=$?
+      echo "$tool exit status $status" | tee -a "$out/$tool.log"; tail -n 5 "$out/$tool.log"
+    done
+    "$py" tests/device/error_report.py jax_flash_attn 2>&1 | tee "$out/error_report.log"
+    ;;
+  bench)
+    if [ -n "${FA3_WHEEL:-}" ]; then "$py" -m pip install -q --no-index --no-deps "$FA3_WHEEL"; fi
+    "$py" -m jax_flash_attn.bench --json "$out/benchmarks.json" --markdown "$out/benchmarks.md" \
+      --plot "$out/benchmarks.png" 2>&1 | tee "$out/bench.log"
+    ;;
+  *)
+    echo "unknown phase $phase"; exit 2 ;;
+esac
+done
