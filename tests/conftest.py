@@ -50,6 +50,21 @@ requires_gpu = pytest.mark.skipif(
     not on_gpu(), reason=f"needs a CUDA GPU; jax.default_backend() is {jax.default_backend()!r}")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "default_kernels: the test calls or lowers the bfloat16/128 "
+                            "kernel that every build compiles by default")
+
+
+@pytest.fixture(autouse=True)
+def _default_kernels(request):
+    """On a GPU, flash_mha refuses (even to lower) a kernel its build lacks: tests
+    marked default_kernels skip for builds made without bfloat16/128."""
+    if request.node.get_closest_marker("default_kernels") and "flash" in request.fixturenames and on_gpu():
+        flash = request.getfixturevalue("flash")
+        if not flash.has_kernel("bfloat16", 128):
+            pytest.skip(f"this build has no bfloat16/128 kernel ({flash.build_config()})")
+
+
 @pytest.fixture
 def rng():
     """A fresh generator per test; its seed is in the failure message's locals."""

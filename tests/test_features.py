@@ -28,6 +28,9 @@ import pytest
 from conftest import PACKAGES, on_gpu
 from numpy_oracle import numpy_alibi_bias, numpy_attention, numpy_mask
 
+# Lowered and run with bfloat16/128, the kernel every build has by default.
+pytestmark = pytest.mark.default_kernels
+
 cpu_only = pytest.mark.skipif(on_gpu(), reason="checks the CPU fallback path")
 
 

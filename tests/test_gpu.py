@@ -20,7 +20,7 @@ ERR_RATIO = 3.0
 ABS_FLOOR = 2e-3
 
 DTYPES = [jnp.bfloat16, jnp.float16]
-HEAD_DIMS = [64, 128, 256]
+HEAD_DIMS = [32, 64, 96, 128, 192, 256]
 SEQLENS = [(1, 1), (17, 17), (113, 203), (203, 113), (1000, 1000)]
 
 

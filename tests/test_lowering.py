@@ -6,6 +6,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+# Lowered and run with bfloat16/128, the kernel every build has by default.
+pytestmark = pytest.mark.default_kernels
+
 
 def qkv(batch=2, seqlen=64, heads=4, heads_k=4, head_dim=128, dtype=jnp.bfloat16):
     q = jax.ShapeDtypeStruct((batch, seqlen, heads, head_dim), dtype)

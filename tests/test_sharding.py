@@ -38,10 +38,13 @@ def cpu_devices():
         return []
 
 
-pytestmark = pytest.mark.skipif(
-    len(cpu_devices()) < 8,
-    reason=f"needs 8 CPU devices, have {len(cpu_devices())}: start JAX with "
-           "XLA_FLAGS=--xla_force_host_platform_device_count=8 (tests/conftest.py)")
+pytestmark = [
+    pytest.mark.skipif(
+        len(cpu_devices()) < 8,
+        reason=f"needs 8 CPU devices, have {len(cpu_devices())}: start JAX with "
+               "XLA_FLAGS=--xla_force_host_platform_device_count=8 (tests/conftest.py)"),
+    pytest.mark.default_kernels,
+]
 
 COLLECTIVES = r"all-gather|all-to-all|all-reduce|reduce-scatter|collective-permute"
 
