@@ -53,3 +53,27 @@ def test_numpy_bool_causal_accepted(flash):
     q, k, v = qkv(head_dim=128)  # bfloat16/128: compiled into every build
     out = flash.flash_mha(q, k, v, is_causal=np.bool_(True))
     assert out.shape == q.shape
+
+
+class _OldGpu:
+    """A stand-in for a Turing GPU as jax.devices() describes one."""
+    compute_capability = "7.5"
+    device_kind = "Tesla T4"
+
+    def __str__(self):
+        return "cuda:0"
+
+
+def test_gpu_older_than_ampere_is_refused(flash, monkeypatch):
+    import jax
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax, "devices", lambda *args: [_OldGpu()])
+    with pytest.raises(ValueError, match=r"compute capability 8.0 or newer .* cuda:0 \(Tesla T4\) has compute "
+                                         r"capability 7.5; use jax.nn.dot_product_attention"):
+        flash.flash_mha(*qkv(head_dim=128))
+    # The jax.nn-compatible adapter hands such calls to jax.nn instead.
+    calls = []
+    monkeypatch.setattr(jax.nn, "dot_product_attention", lambda *args, **kwargs: calls.append(kwargs) or args[0])
+    q = qkv(head_dim=128)[0]
+    flash.dot_product_attention(q, q, q, implementation="xla")
+    assert calls and calls[0]["implementation"] == "xla"

@@ -121,10 +121,26 @@ def flash_mha(q, k, v, softmax_scale=None, is_causal=False, window_size=(-1, -1)
     return (out, lse) if return_lse else out
 
 
+# FlashAttention-2's kernels use Ampere's instructions (cp.async, bf16 mma).
+MIN_COMPUTE_CAPABILITY = (8, 0)
+
+
+def _old_gpu():
+    """The first visible GPU older than MIN_COMPUTE_CAPABILITY, described, or None."""
+    for device in jax.devices():
+        capability = getattr(device, "compute_capability", None)
+        if capability and tuple(int(x) for x in str(capability).split(".")[:2]) < MIN_COMPUTE_CAPABILITY:
+            return f"{device} ({getattr(device, 'device_kind', 'GPU')}) has compute capability {capability}"
+    return None
+
+
 def _kernel_missing(q):
     """Why the kernels cannot run q on this GPU, or None (also None off GPU)."""
     if jax.default_backend() != "gpu":
         return None
+    old = _old_gpu()
+    if old:
+        return f"the kernels need an NVIDIA GPU of compute capability 8.0 or newer (Ampere or later); {old}"
     dtype, head_dim = jnp.dtype(q.dtype).name, q.shape[-1]
     if _binding.extension.has_kernel(dtype, head_dim):
         return None
@@ -135,6 +151,8 @@ def _kernel_missing(q):
 def _check_kernel_available(q):
     """Fails early, in Python, when we would run on a GPU this build has no kernel for."""
     missing = _kernel_missing(q)
+    if missing and _old_gpu():
+        raise ValueError(f"flash_mha: {missing}; use jax.nn.dot_product_attention there")
     if missing:
         raise ValueError(f"flash_mha: {missing}; rebuild with the kernels you need "
                          f"(see README: --//cpp:head_dims, --//cpp:dtypes)")
