@@ -93,7 +93,7 @@ def main():
                         for part in ("MAJOR", "MINOR"))
         if args.python_tag != f"cp{major}{minor}":
             raise SystemExit(f"the C++ extension is compiled against Python {major}.{minor} "
-                             f"but the wheel's tag is {args.python_tag}: set CPYTHON in python/BUILD.bazel")
+                             f"but the wheel's tag is {args.python_tag}: see CPYTHON in python/BUILD.bazel")
     check_extension(args.extension, args.platform)
 
     with open(args.readme) as f:
