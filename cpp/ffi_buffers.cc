@@ -9,7 +9,7 @@
 
 namespace {
 
-constexpr int32_t kF16 = 10, kF32 = 11, kBF16 = 16;  // XLA_FFI_DataType codes
+constexpr int32_t kS32 = 4, kF16 = 10, kF32 = 11, kBF16 = 16;  // XLA_FFI_DataType codes
 
 struct Invalid {
   std::string message;
@@ -39,25 +39,37 @@ void expect_dtype(const char* name, const jfa_buffer& b, int32_t dtype) {
   }
 }
 
-// q, k, v at b[0..2]: the shape they imply.
-void describe_qkv(const jfa_buffer* b, jfa_attention_shape* s) {
+// q, k, v at b[0..2]: the shape they imply. Dense calls have rank 4
+// [batch, seq, heads, head_dim]; varlen calls rank 3 [tokens, heads, head_dim],
+// and the sequence fields are left to the caller.
+void describe_qkv(const jfa_buffer* b, jfa_attention_shape* s, bool varlen = false) {
   const jfa_buffer &q = b[0], &k = b[1], &v = b[2];
-  if (q.rank != 4) throw Invalid{"q: expected rank 4 [batch, seq, heads, head_dim], got shape " + dims_str(q)};
+  const int64_t rank = varlen ? 3 : 4;
+  const char* layout = varlen ? "[tokens, heads, head_dim]" : "[batch, seq, heads, head_dim]";
+  const std::string expected = "expected rank " + std::to_string(rank) + " " + layout + ", got shape ";
+  if (q.rank != rank) throw Invalid{"q: " + expected + dims_str(q)};
   if (q.xla_dtype != kF16 && q.xla_dtype != kBF16) {
     throw Invalid{"q: dtype must be float16 or bfloat16, got dtype code " + std::to_string(q.xla_dtype)};
   }
-  if (k.rank != 4) throw Invalid{"k: expected rank 4 [batch, seq, heads, head_dim], got shape " + dims_str(k)};
+  if (k.rank != rank) throw Invalid{"k: " + expected + dims_str(k)};
   expect_dtype("k", k, q.xla_dtype);
   expect_dtype("v", v, q.xla_dtype);
-  expect_dims("v", v, {k.dims[0], k.dims[1], k.dims[2], k.dims[3]});
-  s->batch = q.dims[0];
-  s->seqlen_q = q.dims[1];
-  s->num_heads = q.dims[2];
-  s->head_dim = q.dims[3];
-  s->seqlen_k = k.dims[1];
-  s->num_heads_k = k.dims[2];
+  expect_dims("v", v, std::vector<int64_t>(k.dims, k.dims + rank));
+  const int64_t o = varlen ? 0 : 1;  // where the heads start, less one
+  if (!varlen) {
+    s->batch = q.dims[0];
+    s->seqlen_q = q.dims[1];
+    s->seqlen_k = k.dims[1];
+  }
+  s->num_heads = q.dims[1 + o];
+  s->head_dim = q.dims[2 + o];
+  s->num_heads_k = k.dims[1 + o];
   s->dtype = q.xla_dtype == kBF16 ? JFA_BFLOAT16 : JFA_FLOAT16;
-  expect_dims("k", k, {s->batch, s->seqlen_k, s->num_heads_k, s->head_dim});
+  if (varlen) {
+    expect_dims("k", k, {k.dims[0], s->num_heads_k, s->head_dim});
+  } else {
+    expect_dims("k", k, {s->batch, s->seqlen_k, s->num_heads_k, s->head_dim});
+  }
 }
 
 template <typename F>
@@ -75,6 +87,34 @@ int report(char* err, size_t err_len, F&& body) {
 void expect_alibi(const jfa_buffer& b, const jfa_attention_shape* s) {
   expect_dtype("alibi_slopes", b, kF32);
   expect_dims("alibi_slopes", b, {s->batch, s->num_heads});
+}
+
+// dq_accum and softmax_d at b[0..1]: one split of dq_accum (the whole of it
+// when not deterministic, else a whole number of them) and softmax_d.
+void expect_workspace(const jfa_buffer* b, bool deterministic, int64_t split, int64_t softmax_d) {
+  expect_dtype("dq_accum", b[0], kF32);
+  if (!deterministic) {
+    expect_dims("dq_accum", b[0], {split});
+  } else if (b[0].rank != 1 || b[0].dims[0] <= 0 || b[0].dims[0] % split != 0) {
+    throw Invalid{"dq_accum: the deterministic backward takes a whole number of splits of " +
+                  std::to_string(split) + " elements, got shape " + dims_str(b[0])};
+  }
+  expect_dtype("softmax_d", b[1], kF32);
+  expect_dims("softmax_d", b[1], {softmax_d});
+}
+
+// Varlen: cu_seqlens_q and cu_seqlens_k at b[0..1], int32 [batch + 1] each;
+// sets the batch. The token counts come from q and k.
+void expect_cu_seqlens(const jfa_buffer* b, jfa_attention_shape* s) {
+  for (int i = 0; i < 2; ++i) {
+    const char* name = i ? "cu_seqlens_k" : "cu_seqlens_q";
+    expect_dtype(name, b[i], kS32);
+    if (b[i].rank != 1 || b[i].dims[0] < 2) {
+      throw Invalid{std::string(name) + ": expected shape (batch + 1,) with batch >= 1, got " + dims_str(b[i])};
+    }
+  }
+  s->batch = b[0].dims[0] - 1;
+  expect_dims("cu_seqlens_k", b[1], {s->batch + 1});
 }
 
 }  // namespace
@@ -120,20 +160,70 @@ extern "C" int jfa_bwd_shape_from_buffers(const jfa_buffer* b, size_t n, jfa_att
     expect_dims("dk", b[8], dkv_dims);
     expect_dtype("dv", b[9], dtype);
     expect_dims("dv", b[9], dkv_dims);
-    // One split of dq_accum: the whole of it when not deterministic.
     jfa_attention_shape one = *s;
     one.deterministic = 0;
     int64_t split = 0, softmax_d = 0;
     jfa_bwd_workspace_elems(&one, 0, &split, &softmax_d);
-    expect_dtype("dq_accum", b[10], kF32);
-    if (!s->deterministic) {
-      expect_dims("dq_accum", b[10], {split});
-    } else if (b[10].rank != 1 || b[10].dims[0] <= 0 || b[10].dims[0] % split != 0) {
-      throw Invalid{"dq_accum: the deterministic backward takes a whole number of splits of " +
-                    std::to_string(split) + " elements, got shape " + dims_str(b[10])};
+    expect_workspace(b + 10, s->deterministic, split, softmax_d);
+  });
+  return status != JFA_OK ? status : jfa_check_shape(s, err, err_len);
+}
+
+extern "C" int jfa_varlen_fwd_shape_from_buffers(const jfa_buffer* b, size_t n,
+                                                 jfa_attention_shape* s, int64_t* total_q,
+                                                 int64_t* total_k, char* err, size_t err_len) {
+  const int status = report(err, err_len, [&] {
+    if (n != 8) {
+      throw Invalid{"varlen forward takes 8 buffers (q, k, v, cu_seqlens_q, cu_seqlens_k, "
+                    "alibi_slopes, out, softmax_lse), got " + std::to_string(n)};
     }
-    expect_dtype("softmax_d", b[11], kF32);
-    expect_dims("softmax_d", b[11], {softmax_d});
+    describe_qkv(b, s, /*varlen=*/true);
+    expect_cu_seqlens(b + 3, s);
+    *total_q = b[0].dims[0];
+    *total_k = b[1].dims[0];
+    expect_alibi(b[5], s);
+    expect_dtype("out", b[6], b[0].xla_dtype);
+    expect_dims("out", b[6], {*total_q, s->num_heads, s->head_dim});
+    expect_dtype("softmax_lse", b[7], kF32);
+    expect_dims("softmax_lse", b[7], {s->num_heads, *total_q});
+  });
+  return status != JFA_OK ? status : jfa_check_shape(s, err, err_len);
+}
+
+extern "C" int jfa_varlen_bwd_shape_from_buffers(const jfa_buffer* b, size_t n,
+                                                 jfa_attention_shape* s, int64_t* total_q,
+                                                 int64_t* total_k, char* err, size_t err_len) {
+  const int status = report(err, err_len, [&] {
+    if (n != 14) {
+      throw Invalid{"varlen backward takes 14 buffers (dout, q, k, v, out, softmax_lse, "
+                    "cu_seqlens_q, cu_seqlens_k, alibi_slopes, dq, dk, dv, dq_accum, "
+                    "softmax_d), got " + std::to_string(n)};
+    }
+    describe_qkv(b + 1, s, /*varlen=*/true);
+    expect_cu_seqlens(b + 6, s);
+    *total_q = b[1].dims[0];
+    *total_k = b[2].dims[0];
+    const int32_t dtype = b[1].xla_dtype;
+    const std::vector<int64_t> q_dims{*total_q, s->num_heads, s->head_dim};
+    const std::vector<int64_t> dkv_dims{*total_k, s->num_heads, s->head_dim};
+    expect_dtype("dout", b[0], dtype);
+    expect_dims("dout", b[0], q_dims);
+    expect_dtype("out", b[4], dtype);
+    expect_dims("out", b[4], q_dims);
+    expect_dtype("softmax_lse", b[5], kF32);
+    expect_dims("softmax_lse", b[5], {s->num_heads, *total_q});
+    expect_alibi(b[8], s);
+    expect_dtype("dq", b[9], dtype);
+    expect_dims("dq", b[9], q_dims);
+    expect_dtype("dk", b[10], dtype);
+    expect_dims("dk", b[10], dkv_dims);
+    expect_dtype("dv", b[11], dtype);
+    expect_dims("dv", b[11], dkv_dims);
+    jfa_attention_shape one = *s;
+    one.deterministic = 0;
+    int64_t split = 0, softmax_d = 0;
+    jfa_varlen_bwd_workspace_elems(&one, *total_q, 0, &split, &softmax_d);
+    expect_workspace(b + 12, s->deterministic, split, softmax_d);
   });
   return status != JFA_OK ? status : jfa_check_shape(s, err, err_len);
 }

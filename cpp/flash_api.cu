@@ -141,6 +141,41 @@ int64_t dq_accum_split_elems(const jfa_attention_shape& s) {
   return s.batch * round_up(s.seqlen_q, 128) * s.num_heads * head_dim_rounded;
 }
 
+// What a varlen call adds to a dense one (jfa_varlen_*_args).
+struct Varlen {
+  const int32_t* cu_seqlens_q;
+  const int32_t* cu_seqlens_k;
+  int64_t total_q;
+  int64_t total_k;
+};
+
+// The varlen backward's dq accumulator: every sequence's rows followed by one
+// 128-row tile of slack (flash_bwd_kernel.h offsets sequence b by 128 * b rows).
+int64_t varlen_dq_accum_split_elems(const jfa_attention_shape& s, int64_t total_q) {
+  const int64_t head_dim_rounded = round_up(s.head_dim, s.head_dim <= 128 ? 32 : 64);
+  return (total_q + 128 * s.batch) * s.num_heads * head_dim_rounded;
+}
+
+void check_varlen(const Varlen& v) {
+  require(v.cu_seqlens_q && v.cu_seqlens_k, "null cu_seqlens pointer in varlen arguments");
+  require(v.total_q > 0 && v.total_k > 0, "varlen calls need total_q and total_k > 0, got " +
+                                              std::to_string(v.total_q) + " and " +
+                                              std::to_string(v.total_k));
+  // The kernels index tokens with 32-bit offsets (block_info.h).
+  require(v.total_q < (int64_t{1} << 31) && v.total_k < (int64_t{1} << 31),
+          "varlen token counts must be below 2**31");
+}
+
+// Switches dense params to the packed layout: sequence offsets come from
+// cu_seqlens (batch strides unused), and the lse is [num_heads, total_q].
+void set_varlen(Flash_fwd_params& p, const Varlen& v) {
+  p.cu_seqlens_q = const_cast<int*>(v.cu_seqlens_q);
+  p.cu_seqlens_k = const_cast<int*>(v.cu_seqlens_k);
+  p.total_q = static_cast<int>(v.total_q);
+  p.unpadded_lse = true;
+  p.is_seqlens_k_cumulative = true;
+}
+
 // The number of dq copies FlashAttention-2's deterministic backward writes on
 // a GPU with num_sms SMs: its kernel launches that many thread blocks per
 // (batch, head) along the keys (flash_bwd_launch_template.h).
@@ -248,26 +283,30 @@ void launch_check(const char* what) {
   }
 }
 
-void mha_fwd(const jfa_fwd_args& a, cudaStream_t stream) {
+void mha_fwd(const jfa_fwd_args& a, cudaStream_t stream, const Varlen* varlen = nullptr) {
   check_shape(a.shape);
   require(a.q && a.k && a.v && a.out && a.softmax_lse, "null tensor pointer in forward arguments");
+  if (varlen) check_varlen(*varlen);
   Kernels kernels = require_kernels(a.shape);
   Flash_fwd_params p;
   fill_fwd(p, a.shape, a.q, a.k, a.v, a.out, a.softmax_lse, a.alibi_slopes,
            a.alibi_slopes_batch_stride);
+  if (varlen) set_varlen(p, *varlen);
   kernels.fwd[p.is_causal ? 1 : 0](p, stream);
   launch_check("flash attention forward launch");
 }
 
-void mha_bwd(const jfa_bwd_args& a, cudaStream_t stream) {
+void mha_bwd(const jfa_bwd_args& a, cudaStream_t stream, const Varlen* varlen = nullptr) {
   const jfa_attention_shape& s = a.shape;
   check_shape(s);
   require(a.q && a.k && a.v && a.out && a.softmax_lse && a.dout && a.dq && a.dk && a.dv &&
               a.dq_accum && a.softmax_d,
           "null tensor pointer in backward arguments");
+  if (varlen) check_varlen(*varlen);
   Kernels kernels = require_kernels(s);
   Flash_bwd_params p;
   fill_fwd(p, s, a.q, a.k, a.v, a.out, a.softmax_lse, a.alibi_slopes, a.alibi_slopes_batch_stride);
+  if (varlen) set_varlen(p, *varlen);
   const int64_t row = s.num_heads * s.head_dim;  // dout, dq, and the expanded dk, dv
   p.do_ptr = const_cast<void*>(a.dout);
   p.dq_ptr = a.dq;
@@ -279,7 +318,8 @@ void mha_bwd(const jfa_bwd_args& a, cudaStream_t stream) {
   p.dk_batch_stride = p.dv_batch_stride = s.seqlen_k * row;
   p.dq_accum_ptr = a.dq_accum;
   p.dsoftmax_sum = a.softmax_d;
-  const int64_t split = dq_accum_split_elems(s);
+  const int64_t split =
+      varlen ? varlen_dq_accum_split_elems(s, varlen->total_q) : dq_accum_split_elems(s);
   if (s.deterministic) {
     // Every thread block along the keys accumulates into its own copy of dq,
     // which the kernels do not clear in this mode; a final kernel sums them in
@@ -349,6 +389,13 @@ void jfa_bwd_workspace_elems(const jfa_attention_shape* s, int num_sms, int64_t*
   *softmax_d_elems = s->batch * s->num_heads * round_up(s->seqlen_q, 128);
 }
 
+void jfa_varlen_bwd_workspace_elems(const jfa_attention_shape* s, int64_t total_q, int num_sms,
+                                    int64_t* dq_accum_elems, int64_t* softmax_d_elems) {
+  const int64_t splits = s->deterministic ? deterministic_splits(*s, num_sms) : 1;
+  *dq_accum_elems = splits * varlen_dq_accum_split_elems(*s, total_q);
+  *softmax_d_elems = s->num_heads * (total_q + 128 * s->batch);
+}
+
 int jfa_num_sms(int device, int* num_sms, char* err, size_t err_len) {
   return guarded(err, err_len, [&] {
     require(num_sms != nullptr, "num_sms must not be NULL");
@@ -379,6 +426,22 @@ int jfa_mha_fwd(const jfa_fwd_args* args, void* stream, char* err, size_t err_le
 
 int jfa_mha_bwd(const jfa_bwd_args* args, void* stream, char* err, size_t err_len) {
   return guarded(err, err_len, [&] { mha_bwd(*args, as_stream(stream)); });
+}
+
+int jfa_mha_varlen_fwd(const jfa_varlen_fwd_args* args, void* stream, char* err,
+                       size_t err_len) {
+  return guarded(err, err_len, [&] {
+    const Varlen varlen{args->cu_seqlens_q, args->cu_seqlens_k, args->total_q, args->total_k};
+    mha_fwd(args->base, as_stream(stream), &varlen);
+  });
+}
+
+int jfa_mha_varlen_bwd(const jfa_varlen_bwd_args* args, void* stream, char* err,
+                       size_t err_len) {
+  return guarded(err, err_len, [&] {
+    const Varlen varlen{args->cu_seqlens_q, args->cu_seqlens_k, args->total_q, args->total_k};
+    mha_bwd(args->base, as_stream(stream), &varlen);
+  });
 }
 
 int jfa_has_kernel(jfa_dtype dtype, int64_t head_dim) {

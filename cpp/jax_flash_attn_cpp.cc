@@ -3,10 +3,12 @@
 //
 // The module's Python surface is the contract the Rust binding (rust/) keeps
 // too; python/frontend relies on nothing else:
-//   registrations()      {"fwd": capsule, "bwd": capsule} of XLA FFI handlers
+//   registrations()      {"fwd", "bwd", "varlen_fwd", "varlen_bwd": capsule} of XLA FFI handlers
 //   has_kernel(dtype, head_dim), build_config(), abi_version()
 //   bwd_workspace_elems(batch, seqlen_q, num_heads, head_dim, deterministic=False,
 //                       num_sms=0) -> (int, int)   (num_sms 0: ask num_sms())
+//   varlen_bwd_workspace_elems(batch, total_q, num_heads, head_dim, deterministic=False,
+//                              num_sms=0) -> (int, int)
 //   num_sms(device=-1) -> int   (RuntimeError without a GPU)
 // All arguments are positional-only.
 //
@@ -17,6 +19,12 @@
 //   attrs:    softmax_scale f32, is_causal pred, window_left s32, window_right s32,
 //             softcap f32, has_alibi pred; backward also deterministic pred
 //   alibi_slopes is float32 [batch, heads] always; read only when has_alibi.
+//   varlen forward:  args (q, k, v, cu_seqlens_q, cu_seqlens_k, alibi_slopes),
+//                    rets (out, softmax_lse)
+//   varlen backward: args (dout, q, k, v, out, softmax_lse, cu_seqlens_q,
+//                    cu_seqlens_k, alibi_slopes), rets (dq, dk, dv, dq_accum, softmax_d)
+//   varlen attrs:    the above plus max_seqlen_q s32, max_seqlen_k s32 (and
+//                    deterministic pred for the backward)
 
 #include <cuda_runtime_api.h>
 #include <pybind11/pybind11.h>
@@ -67,6 +75,41 @@ const float* alibi(const ffi::AnyBuffer& slopes, bool has_alibi) {
   return has_alibi ? static_cast<const float*>(slopes.untyped_data()) : nullptr;
 }
 
+// The device pointers of a forward call, dense or varlen (buffers validated).
+void set_fwd_buffers(jfa_fwd_args& a, const ffi::AnyBuffer& q, const ffi::AnyBuffer& k,
+                     const ffi::AnyBuffer& v, const ffi::AnyBuffer& alibi_slopes, bool has_alibi,
+                     ffi::AnyBuffer& out, ffi::AnyBuffer& lse) {
+  a.q = q.untyped_data();
+  a.k = k.untyped_data();
+  a.v = v.untyped_data();
+  a.out = out.untyped_data();
+  a.softmax_lse = static_cast<float*>(lse.untyped_data());
+  a.alibi_slopes = alibi(alibi_slopes, has_alibi);
+  a.alibi_slopes_batch_stride = a.shape.num_heads;
+}
+
+// The same for a backward call.
+void set_bwd_buffers(jfa_bwd_args& a, const ffi::AnyBuffer& dout, const ffi::AnyBuffer& q,
+                     const ffi::AnyBuffer& k, const ffi::AnyBuffer& v, const ffi::AnyBuffer& out,
+                     const ffi::AnyBuffer& lse, const ffi::AnyBuffer& alibi_slopes, bool has_alibi,
+                     ffi::AnyBuffer& dq, ffi::AnyBuffer& dk, ffi::AnyBuffer& dv,
+                     ffi::AnyBuffer& dq_accum, ffi::AnyBuffer& softmax_d) {
+  a.dout = dout.untyped_data();
+  a.q = q.untyped_data();
+  a.k = k.untyped_data();
+  a.v = v.untyped_data();
+  a.out = out.untyped_data();
+  a.softmax_lse = static_cast<const float*>(lse.untyped_data());
+  a.dq = dq.untyped_data();
+  a.dk = dk.untyped_data();
+  a.dv = dv.untyped_data();
+  a.dq_accum = static_cast<float*>(dq_accum.untyped_data());
+  a.softmax_d = static_cast<float*>(softmax_d.untyped_data());
+  a.dq_accum_elems = static_cast<int64_t>(dq_accum.element_count());
+  a.alibi_slopes = alibi(alibi_slopes, has_alibi);
+  a.alibi_slopes_batch_stride = a.shape.num_heads;
+}
+
 ffi::Error FlashFwd(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
                     ffi::AnyBuffer alibi_slopes, ffi::Result<ffi::AnyBuffer> out,
                     ffi::Result<ffi::AnyBuffer> lse, float softmax_scale, bool is_causal,
@@ -78,13 +121,7 @@ ffi::Error FlashFwd(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi
                                 describe(alibi_slopes), describe(*out), describe(*lse)};
   int status = jfa_fwd_shape_from_buffers(buffers, 6, &args.shape, err, kErrLen);
   if (status != JFA_OK) return to_ffi_error(status, err);
-  args.q = q.untyped_data();
-  args.k = k.untyped_data();
-  args.v = v.untyped_data();
-  args.out = out->untyped_data();
-  args.softmax_lse = static_cast<float*>(lse->untyped_data());
-  args.alibi_slopes = alibi(alibi_slopes, has_alibi);
-  args.alibi_slopes_batch_stride = args.shape.num_heads;
+  set_fwd_buffers(args, q, k, v, alibi_slopes, has_alibi, *out, *lse);
   status = jfa_mha_fwd(&args, stream, err, kErrLen);
   return to_ffi_error(status, err);
 }
@@ -107,21 +144,70 @@ ffi::Error FlashBwd(cudaStream_t stream, ffi::AnyBuffer dout, ffi::AnyBuffer q, 
       describe(*softmax_d)};
   int status = jfa_bwd_shape_from_buffers(buffers, 12, &args.shape, err, kErrLen);
   if (status != JFA_OK) return to_ffi_error(status, err);
-  args.dout = dout.untyped_data();
-  args.q = q.untyped_data();
-  args.k = k.untyped_data();
-  args.v = v.untyped_data();
-  args.out = out.untyped_data();
-  args.softmax_lse = static_cast<const float*>(lse.untyped_data());
-  args.dq = dq->untyped_data();
-  args.dk = dk->untyped_data();
-  args.dv = dv->untyped_data();
-  args.dq_accum = static_cast<float*>(dq_accum->untyped_data());
-  args.softmax_d = static_cast<float*>(softmax_d->untyped_data());
-  args.dq_accum_elems = static_cast<int64_t>(dq_accum->element_count());
-  args.alibi_slopes = alibi(alibi_slopes, has_alibi);
-  args.alibi_slopes_batch_stride = args.shape.num_heads;
+  set_bwd_buffers(args, dout, q, k, v, out, lse, alibi_slopes, has_alibi, *dq, *dk, *dv, *dq_accum,
+                  *softmax_d);
   status = jfa_mha_bwd(&args, stream, err, kErrLen);
+  return to_ffi_error(status, err);
+}
+
+ffi::Error FlashVarlenFwd(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k,
+                          ffi::AnyBuffer v, ffi::AnyBuffer cu_seqlens_q,
+                          ffi::AnyBuffer cu_seqlens_k, ffi::AnyBuffer alibi_slopes,
+                          ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> lse,
+                          float softmax_scale, bool is_causal, int32_t window_left,
+                          int32_t window_right, float softcap, bool has_alibi,
+                          int32_t max_seqlen_q, int32_t max_seqlen_k) {
+  char err[kErrLen] = {0};
+  jfa_varlen_fwd_args args{};
+  jfa_fwd_args& base = args.base;
+  base.shape = options(softmax_scale, is_causal, window_left, window_right, softcap, false);
+  base.shape.seqlen_q = max_seqlen_q;
+  base.shape.seqlen_k = max_seqlen_k;
+  const jfa_buffer buffers[] = {describe(q),            describe(k),
+                                describe(v),            describe(cu_seqlens_q),
+                                describe(cu_seqlens_k), describe(alibi_slopes),
+                                describe(*out),         describe(*lse)};
+  int status = jfa_varlen_fwd_shape_from_buffers(buffers, 8, &base.shape, &args.total_q,
+                                                 &args.total_k, err, kErrLen);
+  if (status != JFA_OK) return to_ffi_error(status, err);
+  set_fwd_buffers(base, q, k, v, alibi_slopes, has_alibi, *out, *lse);
+  args.cu_seqlens_q = static_cast<const int32_t*>(cu_seqlens_q.untyped_data());
+  args.cu_seqlens_k = static_cast<const int32_t*>(cu_seqlens_k.untyped_data());
+  status = jfa_mha_varlen_fwd(&args, stream, err, kErrLen);
+  return to_ffi_error(status, err);
+}
+
+ffi::Error FlashVarlenBwd(cudaStream_t stream, ffi::AnyBuffer dout, ffi::AnyBuffer q,
+                          ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::AnyBuffer out,
+                          ffi::AnyBuffer lse, ffi::AnyBuffer cu_seqlens_q,
+                          ffi::AnyBuffer cu_seqlens_k, ffi::AnyBuffer alibi_slopes,
+                          ffi::Result<ffi::AnyBuffer> dq, ffi::Result<ffi::AnyBuffer> dk,
+                          ffi::Result<ffi::AnyBuffer> dv, ffi::Result<ffi::AnyBuffer> dq_accum,
+                          ffi::Result<ffi::AnyBuffer> softmax_d, float softmax_scale,
+                          bool is_causal, int32_t window_left, int32_t window_right,
+                          float softcap, bool has_alibi, int32_t max_seqlen_q,
+                          int32_t max_seqlen_k, bool deterministic) {
+  char err[kErrLen] = {0};
+  jfa_varlen_bwd_args args{};
+  jfa_bwd_args& base = args.base;
+  base.shape =
+      options(softmax_scale, is_causal, window_left, window_right, softcap, deterministic);
+  base.shape.seqlen_q = max_seqlen_q;
+  base.shape.seqlen_k = max_seqlen_k;
+  const jfa_buffer buffers[] = {
+      describe(dout),         describe(q),            describe(k),
+      describe(v),            describe(out),          describe(lse),
+      describe(cu_seqlens_q), describe(cu_seqlens_k), describe(alibi_slopes),
+      describe(*dq),          describe(*dk),          describe(*dv),
+      describe(*dq_accum),    describe(*softmax_d)};
+  int status = jfa_varlen_bwd_shape_from_buffers(buffers, 14, &base.shape, &args.total_q,
+                                                 &args.total_k, err, kErrLen);
+  if (status != JFA_OK) return to_ffi_error(status, err);
+  set_bwd_buffers(base, dout, q, k, v, out, lse, alibi_slopes, has_alibi, *dq, *dk, *dv, *dq_accum,
+                  *softmax_d);
+  args.cu_seqlens_q = static_cast<const int32_t*>(cu_seqlens_q.untyped_data());
+  args.cu_seqlens_k = static_cast<const int32_t*>(cu_seqlens_k.untyped_data());
+  status = jfa_mha_varlen_bwd(&args, stream, err, kErrLen);
   return to_ffi_error(status, err);
 }
 
@@ -167,6 +253,43 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
                      .Ret<ffi::AnyBuffer>())   // softmax_d scratch
         .Attr<bool>("deterministic"));
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    JfaFlashVarlenFwd, FlashVarlenFwd,
+    with_options(ffi::Ffi::Bind()
+                     .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                     .Arg<ffi::AnyBuffer>()    // q [total_q, heads, head_dim]
+                     .Arg<ffi::AnyBuffer>()    // k
+                     .Arg<ffi::AnyBuffer>()    // v
+                     .Arg<ffi::AnyBuffer>()    // cu_seqlens_q
+                     .Arg<ffi::AnyBuffer>()    // cu_seqlens_k
+                     .Arg<ffi::AnyBuffer>()    // alibi_slopes
+                     .Ret<ffi::AnyBuffer>()    // out
+                     .Ret<ffi::AnyBuffer>())   // softmax_lse [heads, total_q]
+        .Attr<int32_t>("max_seqlen_q")
+        .Attr<int32_t>("max_seqlen_k"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    JfaFlashVarlenBwd, FlashVarlenBwd,
+    with_options(ffi::Ffi::Bind()
+                     .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                     .Arg<ffi::AnyBuffer>()    // dout
+                     .Arg<ffi::AnyBuffer>()    // q
+                     .Arg<ffi::AnyBuffer>()    // k
+                     .Arg<ffi::AnyBuffer>()    // v
+                     .Arg<ffi::AnyBuffer>()    // out
+                     .Arg<ffi::AnyBuffer>()    // softmax_lse
+                     .Arg<ffi::AnyBuffer>()    // cu_seqlens_q
+                     .Arg<ffi::AnyBuffer>()    // cu_seqlens_k
+                     .Arg<ffi::AnyBuffer>()    // alibi_slopes
+                     .Ret<ffi::AnyBuffer>()    // dq
+                     .Ret<ffi::AnyBuffer>()    // dk (num_heads heads)
+                     .Ret<ffi::AnyBuffer>()    // dv (num_heads heads)
+                     .Ret<ffi::AnyBuffer>()    // dq_accum scratch
+                     .Ret<ffi::AnyBuffer>())   // softmax_d scratch
+        .Attr<int32_t>("max_seqlen_q")
+        .Attr<int32_t>("max_seqlen_k")
+        .Attr<bool>("deterministic"));
+
 namespace {
 
 jfa_dtype parse_dtype(const std::string& name) {
@@ -188,6 +311,26 @@ int query_num_sms(int64_t device) {
   return sms;
 }
 
+// The (dq_accum, softmax_d) element counts of a backward; `count` fills the
+// shape's sequence fields and calls the C ABI's dense or varlen function.
+template <typename Count>
+py::tuple workspace_elems(int64_t batch, int64_t num_heads, int64_t head_dim, bool deterministic,
+                          int64_t num_sms, Count&& count) {
+  if (num_sms < 0 || num_sms > INT32_MAX) {
+    throw py::value_error("num_sms must be 0 (ask the GPU) or a positive SM count, got " +
+                          std::to_string(num_sms));
+  }
+  jfa_attention_shape s{};
+  s.batch = batch;
+  s.num_heads = num_heads;
+  s.head_dim = head_dim;
+  s.deterministic = deterministic;
+  if (deterministic && num_sms == 0) num_sms = query_num_sms(-1);
+  int64_t dq_accum = 0, softmax_d = 0;
+  count(s, static_cast<int>(num_sms), &dq_accum, &softmax_d);
+  return py::make_tuple(dq_accum, softmax_d);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_jax_flash_attn_cpp, m) {
@@ -196,6 +339,8 @@ PYBIND11_MODULE(_jax_flash_attn_cpp, m) {
     py::dict targets;
     targets["fwd"] = py::capsule(reinterpret_cast<void*>(&JfaFlashFwd));
     targets["bwd"] = py::capsule(reinterpret_cast<void*>(&JfaFlashBwd));
+    targets["varlen_fwd"] = py::capsule(reinterpret_cast<void*>(&JfaFlashVarlenFwd));
+    targets["varlen_bwd"] = py::capsule(reinterpret_cast<void*>(&JfaFlashVarlenBwd));
     return targets;
   });
   m.def("has_kernel", [](const std::string& dtype, int64_t head_dim) {
@@ -207,22 +352,24 @@ PYBIND11_MODULE(_jax_flash_attn_cpp, m) {
       "bwd_workspace_elems",
       [](int64_t batch, int64_t seqlen_q, int64_t num_heads, int64_t head_dim, bool deterministic,
          int64_t num_sms) {
-        if (num_sms < 0 || num_sms > INT32_MAX) {
-          throw py::value_error("num_sms must be 0 (ask the GPU) or a positive SM count, got " +
-                                std::to_string(num_sms));
-        }
-        jfa_attention_shape s{};
-        s.batch = batch;
-        s.seqlen_q = seqlen_q;
-        s.num_heads = num_heads;
-        s.head_dim = head_dim;
-        s.deterministic = deterministic;
-        if (deterministic && num_sms == 0) num_sms = query_num_sms(-1);
-        int64_t dq_accum = 0, softmax_d = 0;
-        jfa_bwd_workspace_elems(&s, static_cast<int>(num_sms), &dq_accum, &softmax_d);
-        return py::make_tuple(dq_accum, softmax_d);
+        return workspace_elems(batch, num_heads, head_dim, deterministic, num_sms,
+                               [&](jfa_attention_shape& s, int sms, int64_t* dq, int64_t* d) {
+                                 s.seqlen_q = seqlen_q;
+                                 jfa_bwd_workspace_elems(&s, sms, dq, d);
+                               });
       },
       py::arg("batch"), py::arg("seqlen_q"), py::arg("num_heads"), py::arg("head_dim"),
+      py::arg("deterministic").noconvert() = false, py::arg("num_sms") = 0, py::pos_only());
+  m.def(
+      "varlen_bwd_workspace_elems",
+      [](int64_t batch, int64_t total_q, int64_t num_heads, int64_t head_dim, bool deterministic,
+         int64_t num_sms) {
+        return workspace_elems(batch, num_heads, head_dim, deterministic, num_sms,
+                               [&](jfa_attention_shape& s, int sms, int64_t* dq, int64_t* d) {
+                                 jfa_varlen_bwd_workspace_elems(&s, total_q, sms, dq, d);
+                               });
+      },
+      py::arg("batch"), py::arg("total_q"), py::arg("num_heads"), py::arg("head_dim"),
       py::arg("deterministic").noconvert() = false, py::arg("num_sms") = 0, py::pos_only());
   m.def("num_sms", &query_num_sms, py::arg("device") = -1, py::pos_only());
 }

@@ -15,8 +15,9 @@ the kernels to XLA (C++/pybind11 in jax_flash_attn, Rust/PyO3 in jflash_attn).
 
 from . import _binding
 from ._attention import dot_product_attention, flash_mha, flax_attention_fn
-from ._reference import attention_reference
+from ._reference import attention_reference, varlen_attention_reference
 from ._ring import ring_flash_mha, ring_flash_mha_sharded
+from ._varlen import flash_mha_varlen
 
 __version__ = "0.1.0"
 BINDING = _binding.NAME
@@ -38,5 +39,5 @@ def num_sms(device=-1):
     return _binding.extension.num_sms(int(device))
 
 
-__all__ = ["flash_mha", "ring_flash_mha", "ring_flash_mha_sharded", "attention_reference",
+__all__ = ["flash_mha", "flash_mha_varlen", "ring_flash_mha", "ring_flash_mha_sharded", "attention_reference", "varlen_attention_reference",
            "dot_product_attention", "flax_attention_fn", "build_config", "has_kernel", "num_sms", "BINDING"]

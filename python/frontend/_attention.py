@@ -232,7 +232,12 @@ def _kernel_bwd_call(dout, q, k, v, out, lse, slopes, options):
     return dq, dk, dv
 
 
-def lse_cotangent_operands(dlse, dtype, head_dim):
+def _dense_lse_rows(lse):
+    """[batch, heads, seqlen_q] -> [batch, seqlen_q, heads]: the lse in q's row layout."""
+    return jnp.swapaxes(lse, 1, 2)
+
+
+def lse_cotangent_operands(dlse, dtype, head_dim, lse_to_rows=_dense_lse_rows):
     """(dout', out') that make the backward kernel compute an lse cotangent's gradient.
 
     The FlashAttention-2 backward forms dS = P * (dP - D) (times softcap's
@@ -247,9 +252,9 @@ def lse_cotangent_operands(dlse, dtype, head_dim):
     float16's range (|dlse| up to 2**31, below 2**-28 flushed).
 
     dlse: [batch, heads, seqlen_q]; returns two [batch, seqlen_q, heads, head_dim]
-    arrays of `dtype`.
+    arrays of `dtype` (with lse_to_rows, another lse layout and q's layout).
     """
-    x = -jnp.swapaxes(dlse.astype(jnp.float32), 1, 2)  # [batch, seqlen_q, heads]
+    x = -lse_to_rows(dlse.astype(jnp.float32))  # [..., heads], rows as in q
     _, exponent = jnp.frexp(x)
     exponent = jnp.clip(exponent, -14, 15)
     scale = jnp.ldexp(jnp.ones_like(x), exponent)
@@ -262,7 +267,7 @@ def lse_cotangent_operands(dlse, dtype, head_dim):
     return dout, out
 
 
-def combine_backward_calls(call, dout, dlse, q, k, v, out, lse):
+def combine_backward_calls(call, dout, dlse, q, k, v, out, lse, lse_to_rows=_dense_lse_rows):
     """dq, dk, dv from backward kernel calls `call(dout, out, v) -> (dq, dk, dv)`:
     one for the output's cotangent dout, one for the lse cotangent dlse (either
     may be None, not both), summed in float32. dk and dv keep q's heads."""
@@ -270,7 +275,7 @@ def combine_backward_calls(call, dout, dlse, q, k, v, out, lse):
     if dout is not None:
         parts.append(call(dout, out, v))
     if dlse is not None:
-        d_o, o = lse_cotangent_operands(dlse, q.dtype, q.shape[-1])
+        d_o, o = lse_cotangent_operands(dlse, q.dtype, q.shape[-1], lse_to_rows)
         dq, dk, _ = call(d_o, o, jnp.zeros_like(v))
         parts.append((dq, dk, None))
     if len(parts) == 1 and parts[0][2] is not None:
@@ -286,6 +291,17 @@ def combine_backward_calls(call, dout, dlse, q, k, v, out, lse):
     if dv is None:
         dv = jnp.zeros(dk.shape, q.dtype)
     return dq, dk, dv
+
+
+def sum_head_groups(grad, like):
+    """The kernels write dk, dv per query head ([..., heads, head_dim]); with
+    GQA each key head's gradient is the sum over its group of query heads."""
+    heads_k, head_dim = like.shape[-2:]
+    groups = grad.shape[-2] // heads_k
+    if groups == 1:
+        return grad
+    grouped = grad.reshape(grad.shape[:-2] + (heads_k, groups, head_dim)).astype(jnp.float32)
+    return grouped.sum(-2).astype(like.dtype)
 
 
 def _forward(q, k, v, slopes, options):
@@ -329,15 +345,7 @@ def _backward(dout, dlse, q, k, v, out, lse, slopes, options):
             slopes = jnp.zeros((q.shape[0], q.shape[2]), jnp.float32)
         call = lambda dout, out, v: _kernel_bwd_call(dout, q, k, v, out, lse, slopes, options)
         dq, dk, dv = combine_backward_calls(call, dout, dlse, q, k, v, out, lse)
-        # The kernel writes dk, dv per query head; with GQA each key head's
-        # gradient is the sum over its group of query heads.
-        batch, seqlen_k, heads_k, head_dim = k.shape
-        groups = q.shape[2] // heads_k
-        if groups > 1:
-            def reduce(x):
-                return x.reshape(batch, seqlen_k, heads_k, groups, head_dim).astype(jnp.float32).sum(3)
-            dk, dv = reduce(dk).astype(k.dtype), reduce(dv).astype(v.dtype)
-        return dq, dk, dv
+        return dq, sum_head_groups(dk, k), sum_head_groups(dv, v)
 
     def reference(*args):
         dout, dlse, q, k, v, out, lse, slopes = unpack(args)

@@ -64,6 +64,20 @@ def attention_reference(q, k, v, softmax_scale=None, is_causal=False, window_siz
     Differentiable in q, k, v, through out and lse alike (d lse_i / d s_ij =
     p_ij); the slopes get a gradient too, which flash_mha does not compute.
     """
+    bias = None
+    if alibi_slopes is not None:
+        slopes = jnp.broadcast_to(jnp.asarray(alibi_slopes, jnp.float32), (q.shape[0], q.shape[2]))
+        distance = alibi_distance(q.shape[1], k.shape[1], is_causal, window_size)
+        bias = slopes[:, :, None, None], distance
+    mask = attention_mask(q.shape[1], k.shape[1], is_causal, window_size)
+    return _attend(q, k, v, softmax_scale, softcap, mask, bias, compute_dtype)
+
+
+def _attend(q, k, v, softmax_scale, softcap, mask, bias, compute_dtype):
+    """The softmax attention both references share. q [batch, seqlen_q, heads,
+    head_dim], k, v [batch, seqlen_k, heads_k, head_dim]; mask broadcasts to
+    [batch, heads, seqlen_q, seqlen_k]; bias None or (slopes, distance) whose
+    product broadcasts likewise. Returns (out, lse [batch, heads, seqlen_q])."""
     out_dtype = q.dtype
     compute = compute_dtype or (jnp.float64 if q.dtype == jnp.float64 else jnp.float32)
     q, k, v = (x.astype(compute) for x in (q, k, v))
@@ -76,11 +90,9 @@ def attention_reference(q, k, v, softmax_scale=None, is_causal=False, window_siz
     scores = scores * softmax_scale
     if softcap > 0:
         scores = softcap * jnp.tanh(scores / softcap)
-    if alibi_slopes is not None:
-        slopes = jnp.broadcast_to(jnp.asarray(alibi_slopes, compute), (q.shape[0], q.shape[2]))
-        distance = alibi_distance(q.shape[1], k.shape[1], is_causal, window_size).astype(compute)
-        scores = scores + slopes[:, :, None, None] * distance
-    mask = attention_mask(q.shape[1], k.shape[1], is_causal, window_size)
+    if bias is not None:
+        slopes, distance = bias
+        scores = scores + slopes.astype(compute) * distance.astype(compute)
     scores = jnp.where(mask, scores, -jnp.inf)
     row_max = jnp.max(scores, axis=-1, keepdims=True)
     row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
@@ -91,3 +103,52 @@ def attention_reference(q, k, v, softmax_scale=None, is_causal=False, window_siz
     out = jnp.einsum("bhqk,bkhd->bqhd", p, v, precision=jax.lax.Precision.HIGHEST)
     lse = jnp.where(seen, jnp.log(jnp.where(seen, row_sum, 1.0)) + row_max, jnp.inf)[..., 0]
     return out.astype(out_dtype), lse.astype(jnp.float32)
+
+
+def sequence_positions(cu_seqlens, total):
+    """For packed tokens 0..total-1: (sequence index, position in it, that
+    sequence's length), int32 [total] each; tokens outside [cu_seqlens[0],
+    cu_seqlens[-1]) get sequence -1."""
+    cu_seqlens = jnp.asarray(cu_seqlens, jnp.int32)
+    batch = cu_seqlens.shape[0] - 1
+    token = jnp.arange(total, dtype=jnp.int32)
+    seq = jnp.searchsorted(cu_seqlens, token, side="right").astype(jnp.int32) - 1
+    inside = (seq >= 0) & (seq < batch)
+    seq = jnp.where(inside, seq, -1)
+    safe = jnp.clip(seq, 0, batch - 1)
+    return seq, token - cu_seqlens[safe], cu_seqlens[safe + 1] - cu_seqlens[safe]
+
+
+def varlen_attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_k, softmax_scale=None,
+                               is_causal=False, window_size=(-1, -1), softcap=0.0, compute_dtype=None,
+                               alibi_slopes=None):
+    """attention_reference over packed sequences (flash_mha_varlen's semantics).
+
+    q [total_q, heads, head_dim], k, v [total_k, heads_k, head_dim]; sequence b
+    is q[cu_seqlens_q[b]:cu_seqlens_q[b + 1]] attending to
+    k[cu_seqlens_k[b]:cu_seqlens_k[b + 1]], with the causal mask, window and
+    ALiBi aligned per sequence; window sides >= max_seqlen_k are unbounded (as
+    the kernels normalize them). alibi_slopes: [heads] or [batch, heads].
+    Returns (out like q, lse [heads, total_q]); rows of no sequence are zero.
+    """
+    seq_q, pos_q, len_q = sequence_positions(cu_seqlens_q, q.shape[0])
+    seq_k, pos_k, _ = sequence_positions(cu_seqlens_k, k.shape[0])
+    cu_k = jnp.asarray(cu_seqlens_k, jnp.int32)
+    safe = jnp.clip(seq_q, 0, cu_k.shape[0] - 2)
+    len_k = cu_k[safe + 1] - cu_k[safe]  # the keys of each query's sequence
+    diagonal = (pos_q + len_k - len_q)[:, None]  # bottom-right aligned per sequence
+    j = pos_k[None, :]
+    left, right = normalize_window(window_size, is_causal, max_seqlen_k)
+    mask = (seq_q[:, None] == seq_k[None, :]) & (seq_q[:, None] >= 0)
+    if left >= 0:
+        mask &= j >= diagonal - left
+    if right >= 0:
+        mask &= j <= diagonal + right
+    bias = None
+    if alibi_slopes is not None:
+        batch, heads = cu_k.shape[0] - 1, q.shape[1]
+        slopes = jnp.broadcast_to(jnp.asarray(alibi_slopes, jnp.float32), (batch, heads))[safe]  # [total_q, heads]
+        distance = j.astype(jnp.float32) if left < 0 and right == 0 else -jnp.abs(diagonal - j).astype(jnp.float32)
+        bias = jnp.swapaxes(slopes, 0, 1)[None, :, :, None], distance[None, None]
+    out, lse = _attend(q[None], k[None], v[None], softmax_scale, softcap, mask, bias, compute_dtype)
+    return out[0], lse[0]

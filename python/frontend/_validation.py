@@ -93,3 +93,54 @@ def check_alibi_slopes(alibi_slopes, batch, heads):
             f"flash_mha: alibi_slopes must have shape [heads] = ({heads},) or [batch, heads] = "
             f"({batch}, {heads}), got {shape}")
     return alibi_slopes
+
+
+def check_packed_qkv(q, k, v):
+    """Checks shapes and dtypes of packed q, k, v ([tokens, heads, head_dim]) for flash_mha_varlen."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            raise TypeError(f"flash_mha_varlen: {name} must be an array, got {type(x).__name__}")
+        if x.ndim != 3:
+            raise ValueError(f"flash_mha_varlen: {name} must have rank 3 [total_tokens, heads, head_dim], "
+                             f"got shape {tuple(x.shape)}")
+    # The rest as for flash_mha, on a batch of one.
+    try:
+        check_qkv(q[None], k[None], v[None])
+    except (TypeError, ValueError) as e:
+        raise type(e)(str(e).replace("flash_mha:", "flash_mha_varlen:").replace("seqlen of", "tokens of")) from None
+
+
+def check_max_seqlen(name, value):
+    """A positive Python int below 2**31 (it sizes the kernels' grid)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or not 0 < value < 2**31:
+        raise ValueError(f"flash_mha_varlen: {name} must be an int in [1, 2**31) (a static bound on the "
+                         f"sequence lengths), got {value!r}")
+    return int(value)
+
+
+def check_cu_seqlens(name, cu_seqlens, total, max_seqlen, batch=None):
+    """int32 [batch + 1] offsets; concrete ones must go from 0 to `total`, nondecreasing, with no
+    sequence longer than max_seqlen. Returns them as an int32 array."""
+    if not hasattr(cu_seqlens, "shape") or not hasattr(cu_seqlens, "dtype"):
+        raise TypeError(f"flash_mha_varlen: {name} must be an int32 array of shape [batch + 1], "
+                        f"got {type(cu_seqlens).__name__}")
+    if jnp.dtype(cu_seqlens.dtype) != jnp.dtype(jnp.int32):
+        raise TypeError(f"flash_mha_varlen: {name} must have dtype int32, got {jnp.dtype(cu_seqlens.dtype).name}")
+    if cu_seqlens.ndim != 1 or cu_seqlens.shape[0] < 2:
+        raise ValueError(f"flash_mha_varlen: {name} must have shape [batch + 1] with batch >= 1, "
+                         f"got {tuple(cu_seqlens.shape)}")
+    if batch is not None and cu_seqlens.shape[0] != batch + 1:
+        raise ValueError(f"flash_mha_varlen: {name} has {cu_seqlens.shape[0] - 1} sequences but cu_seqlens_q "
+                         f"has {batch}")
+    try:
+        values = np.asarray(cu_seqlens)
+    except Exception:  # traced: checked on the device instead (see flash_mha_varlen)
+        return jnp.asarray(cu_seqlens)
+    lengths = np.diff(values)
+    if values[0] != 0 or values[-1] != total or (lengths < 0).any():
+        raise ValueError(f"flash_mha_varlen: {name} must rise from 0 to {total} (the packed tokens), "
+                         f"nondecreasing, got {values.tolist()}")
+    if lengths.max() > max_seqlen:
+        raise ValueError(f"flash_mha_varlen: {name} has a sequence of {lengths.max()} tokens, more than "
+                         f"max_seqlen {max_seqlen}")
+    return jnp.asarray(cu_seqlens)

@@ -1,13 +1,19 @@
-//! The two XLA FFI handlers, forward and backward, as in the C++ binding
-//! (cpp/jax_flash_attn_cpp.cc): decode the call, let the C ABI validate the
-//! buffers and derive the shape, launch the kernel on XLA's stream.
+//! The XLA FFI handlers, forward and backward, dense and varlen (packed
+//! sequences), as in the C++ binding (cpp/jax_flash_attn_cpp.cc): decode the
+//! call, let the C ABI validate the buffers and derive the shape, launch the
+//! kernel on XLA's stream.
 //!
 //!   forward:  args (q, k, v, alibi_slopes), rets (out, softmax_lse)
 //!   backward: args (dout, q, k, v, out, softmax_lse, alibi_slopes),
 //!             rets (dq, dk, dv, dq_accum, softmax_d)
+//!   varlen forward:  args (q, k, v, cu_seqlens_q, cu_seqlens_k, alibi_slopes),
+//!                    rets (out, softmax_lse)
+//!   varlen backward: args (dout, q, k, v, out, softmax_lse, cu_seqlens_q,
+//!                    cu_seqlens_k, alibi_slopes), rets as the backward's
 //!   attrs:    softmax_scale f32, is_causal pred, window_left s32,
 //!             window_right s32, softcap f32, has_alibi pred;
-//!             the backward's also deterministic pred
+//!             the varlen ones' then max_seqlen_q s32, max_seqlen_k s32;
+//!             the backwards' last deterministic pred
 //!
 //! alibi_slopes is always a float32 [batch, heads] buffer; the kernels read
 //! it only when has_alibi is set.
@@ -15,7 +21,10 @@
 use std::ffi::c_void;
 
 use crate::call_frame::{self, FfiError, Operands, Scalar, Signature};
-use crate::kernels::{self, AttentionShape, BwdArgs, CAbi, Failure, FwdArgs, JfaBuffer, KernelLib};
+use crate::kernels::{
+    self, AttentionShape, BwdArgs, CAbi, Failure, FwdArgs, JfaBuffer, KernelLib, VarlenBwdArgs,
+    VarlenFwdArgs,
+};
 use crate::xla_ffi::{self as xla, Buffer, CallFrame};
 
 /// The attributes in binding order (that of the C++ binding's handlers).
@@ -37,8 +46,32 @@ const BWD_ATTRS: [(&str, xla::DataType); 7] = [
     ("deterministic", xla::PRED),
 ];
 
+const VARLEN_FWD_ATTRS: [(&str, xla::DataType); 8] = [
+    ("softmax_scale", xla::F32),
+    ("is_causal", xla::PRED),
+    ("window_left", xla::S32),
+    ("window_right", xla::S32),
+    ("softcap", xla::F32),
+    ("has_alibi", xla::PRED),
+    ("max_seqlen_q", xla::S32),
+    ("max_seqlen_k", xla::S32),
+];
+const VARLEN_BWD_ATTRS: [(&str, xla::DataType); 9] = [
+    ("softmax_scale", xla::F32),
+    ("is_causal", xla::PRED),
+    ("window_left", xla::S32),
+    ("window_right", xla::S32),
+    ("softcap", xla::F32),
+    ("has_alibi", xla::PRED),
+    ("max_seqlen_q", xla::S32),
+    ("max_seqlen_k", xla::S32),
+    ("deterministic", xla::PRED),
+];
+
 pub static FWD: Signature = Signature { args: 4, rets: 2, attrs: &FWD_ATTRS };
 pub static BWD: Signature = Signature { args: 7, rets: 5, attrs: &BWD_ATTRS };
+pub static VARLEN_FWD: Signature = Signature { args: 6, rets: 2, attrs: &VARLEN_FWD_ATTRS };
+pub static VARLEN_BWD: Signature = Signature { args: 9, rets: 5, attrs: &VARLEN_BWD_ATTRS };
 
 /// The forward handler XLA calls (registered as jflash_attn_rust_fwd).
 pub unsafe extern "C" fn flash_fwd(frame: *mut CallFrame) -> *mut xla::Error {
@@ -48,6 +81,16 @@ pub unsafe extern "C" fn flash_fwd(frame: *mut CallFrame) -> *mut xla::Error {
 /// The backward handler XLA calls (registered as jflash_attn_rust_bwd).
 pub unsafe extern "C" fn flash_bwd(frame: *mut CallFrame) -> *mut xla::Error {
     bwd_with(&CAbi, frame)
+}
+
+/// The varlen forward handler (registered as jflash_attn_rust_varlen_fwd).
+pub unsafe extern "C" fn flash_varlen_fwd(frame: *mut CallFrame) -> *mut xla::Error {
+    varlen_fwd_with(&CAbi, frame)
+}
+
+/// The varlen backward handler (registered as jflash_attn_rust_varlen_bwd).
+pub unsafe extern "C" fn flash_varlen_bwd(frame: *mut CallFrame) -> *mut xla::Error {
+    varlen_bwd_with(&CAbi, frame)
 }
 
 /// # Safety
@@ -62,6 +105,18 @@ pub unsafe fn bwd_with(lib: &impl KernelLib, frame: *mut CallFrame) -> *mut xla:
     call_frame::handle(frame, &BWD, |ops| bwd(lib, ops))
 }
 
+/// # Safety
+/// As `call_frame::handle`.
+pub unsafe fn varlen_fwd_with(lib: &impl KernelLib, frame: *mut CallFrame) -> *mut xla::Error {
+    call_frame::handle(frame, &VARLEN_FWD, |ops| varlen_fwd(lib, ops))
+}
+
+/// # Safety
+/// As `call_frame::handle`.
+pub unsafe fn varlen_bwd_with(lib: &impl KernelLib, frame: *mut CallFrame) -> *mut xla::Error {
+    call_frame::handle(frame, &VARLEN_BWD, |ops| varlen_bwd(lib, ops))
+}
+
 /// The C ABI status mapped to XLA's codes, as the C++ binding maps it.
 fn to_ffi_error(failure: Failure) -> FfiError {
     let code = match failure.status {
@@ -72,8 +127,9 @@ fn to_ffi_error(failure: Failure) -> FfiError {
     FfiError { code, message: failure.message }
 }
 
-/// The option fields of the shape and has_alibi, from the attributes
-/// (FWD_ATTRS or BWD_ATTRS order).
+/// The option fields of the shape and has_alibi, from the attributes (in
+/// the order of one of the *_ATTRS); for varlen calls also the seqlen bounds,
+/// which the C ABI takes in seqlen_q / seqlen_k.
 fn options(attrs: &[Scalar]) -> (AttentionShape, bool) {
     use Scalar::{Pred, F32, S32};
     let (common, rest) = attrs.split_at(FWD_ATTRS.len());
@@ -82,12 +138,21 @@ fn options(attrs: &[Scalar]) -> (AttentionShape, bool) {
     else {
         unreachable!("attributes are decoded per FWD_ATTRS");
     };
+    // Only the varlen signatures have s32 attributes past the common six.
+    let ((seqlen_q, seqlen_k), rest) = match rest {
+        &[S32(max_seqlen_q), S32(max_seqlen_k), ref rest @ ..] => {
+            ((max_seqlen_q.into(), max_seqlen_k.into()), rest)
+        }
+        _ => ((0, 0), rest),
+    };
     let deterministic = match rest {
         [] => false,
         &[Pred(deterministic)] => deterministic,
-        _ => unreachable!("attributes are decoded per BWD_ATTRS"),
+        _ => unreachable!("attributes are decoded per a *_ATTRS"),
     };
     let shape = AttentionShape {
+        seqlen_q,
+        seqlen_k,
         softmax_scale,
         is_causal: is_causal as i32,
         window_left,
@@ -122,30 +187,27 @@ fn describe_all(ops: &Operands) -> Vec<JfaBuffer> {
     ops.args.iter().chain(ops.rets.iter()).map(|b| describe(b)).collect()
 }
 
-fn fwd(lib: &impl KernelLib, ops: &Operands) -> Result<(), FfiError> {
-    let (mut shape, has_alibi) = options(&ops.attrs);
-    lib.fwd_shape(&describe_all(ops), &mut shape).map_err(to_ffi_error)?;
+/// The forward's arguments: q, k, v first among the args, the slopes the
+/// `alibi_index`-th (the varlen call has cu_seqlens_q/k before them).
+fn fwd_args(ops: &Operands, shape: AttentionShape, alibi_index: usize, has_alibi: bool) -> FwdArgs {
     let [q, k, v] = [0, 1, 2].map(|i| ops.args[i].data as *const c_void);
-    let args = FwdArgs {
+    FwdArgs {
         shape,
         q,
         k,
         v,
         out: ops.rets[0].data,
         softmax_lse: ops.rets[1].data as *mut f32,
-        alibi_slopes: alibi(ops.args[3], has_alibi),
+        alibi_slopes: alibi(ops.args[alibi_index], has_alibi),
         alibi_slopes_batch_stride: shape.num_heads,
-    };
-    // SAFETY: the buffers are XLA's device buffers of the validated shapes.
-    unsafe { lib.mha_fwd(&args, ops.stream) }.map_err(to_ffi_error)
+    }
 }
 
-fn bwd(lib: &impl KernelLib, ops: &Operands) -> Result<(), FfiError> {
-    let (mut shape, has_alibi) = options(&ops.attrs);
-    lib.bwd_shape(&describe_all(ops), &mut shape).map_err(to_ffi_error)?;
+/// The backward's: dout, q, k, v, out, softmax_lse first, as in fwd_args.
+fn bwd_args(ops: &Operands, shape: AttentionShape, alibi_index: usize, has_alibi: bool) -> BwdArgs {
     let [dout, q, k, v, out, lse] = [0, 1, 2, 3, 4, 5].map(|i| ops.args[i].data as *const c_void);
     let [dq, dk, dv, dq_accum, softmax_d] = [0, 1, 2, 3, 4].map(|i| ops.rets[i].data);
-    let args = BwdArgs {
+    BwdArgs {
         shape,
         q,
         k,
@@ -159,9 +221,58 @@ fn bwd(lib: &impl KernelLib, ops: &Operands) -> Result<(), FfiError> {
         dq_accum: dq_accum as *mut f32,
         softmax_d: softmax_d as *mut f32,
         dq_accum_elems: elements(ops.rets[3]),
-        alibi_slopes: alibi(ops.args[6], has_alibi),
+        alibi_slopes: alibi(ops.args[alibi_index], has_alibi),
         alibi_slopes_batch_stride: shape.num_heads,
-    };
+    }
+}
+
+/// An int32 cu_seqlens buffer's device pointer.
+fn cu_seqlens(b: &Buffer) -> *const i32 {
+    b.data as *const i32
+}
+
+fn fwd(lib: &impl KernelLib, ops: &Operands) -> Result<(), FfiError> {
+    let (mut shape, has_alibi) = options(&ops.attrs);
+    lib.fwd_shape(&describe_all(ops), &mut shape).map_err(to_ffi_error)?;
+    let args = fwd_args(ops, shape, 3, has_alibi);
+    // SAFETY: the buffers are XLA's device buffers of the validated shapes.
+    unsafe { lib.mha_fwd(&args, ops.stream) }.map_err(to_ffi_error)
+}
+
+fn bwd(lib: &impl KernelLib, ops: &Operands) -> Result<(), FfiError> {
+    let (mut shape, has_alibi) = options(&ops.attrs);
+    lib.bwd_shape(&describe_all(ops), &mut shape).map_err(to_ffi_error)?;
+    let args = bwd_args(ops, shape, 6, has_alibi);
     // SAFETY: as in fwd.
     unsafe { lib.mha_bwd(&args, ops.stream) }.map_err(to_ffi_error)
+}
+
+fn varlen_fwd(lib: &impl KernelLib, ops: &Operands) -> Result<(), FfiError> {
+    let (mut shape, has_alibi) = options(&ops.attrs);
+    let (total_q, total_k) =
+        lib.varlen_fwd_shape(&describe_all(ops), &mut shape).map_err(to_ffi_error)?;
+    let args = VarlenFwdArgs {
+        base: fwd_args(ops, shape, 5, has_alibi),
+        cu_seqlens_q: cu_seqlens(ops.args[3]),
+        cu_seqlens_k: cu_seqlens(ops.args[4]),
+        total_q,
+        total_k,
+    };
+    // SAFETY: as in fwd; the C ABI checked that cu_seqlens are int32 [batch + 1].
+    unsafe { lib.mha_varlen_fwd(&args, ops.stream) }.map_err(to_ffi_error)
+}
+
+fn varlen_bwd(lib: &impl KernelLib, ops: &Operands) -> Result<(), FfiError> {
+    let (mut shape, has_alibi) = options(&ops.attrs);
+    let (total_q, total_k) =
+        lib.varlen_bwd_shape(&describe_all(ops), &mut shape).map_err(to_ffi_error)?;
+    let args = VarlenBwdArgs {
+        base: bwd_args(ops, shape, 8, has_alibi),
+        cu_seqlens_q: cu_seqlens(ops.args[6]),
+        cu_seqlens_k: cu_seqlens(ops.args[7]),
+        total_q,
+        total_k,
+    };
+    // SAFETY: as in varlen_fwd.
+    unsafe { lib.mha_varlen_bwd(&args, ops.stream) }.map_err(to_ffi_error)
 }

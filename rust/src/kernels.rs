@@ -11,7 +11,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 
-pub const JFA_ABI_VERSION: c_int = 2;
+pub const JFA_ABI_VERSION: c_int = 3;
 
 // jfa_status
 pub const JFA_OK: c_int = 0;
@@ -72,6 +72,26 @@ pub struct BwdArgs {
     pub alibi_slopes_batch_stride: i64,
 }
 
+/// Packed sequences: `base` as for a dense call, plus the int32 [batch + 1]
+/// cumulative sequence lengths and the token counts.
+#[repr(C)]
+pub struct VarlenFwdArgs {
+    pub base: FwdArgs,
+    pub cu_seqlens_q: *const i32,
+    pub cu_seqlens_k: *const i32,
+    pub total_q: i64,
+    pub total_k: i64,
+}
+
+#[repr(C)]
+pub struct VarlenBwdArgs {
+    pub base: BwdArgs,
+    pub cu_seqlens_q: *const i32,
+    pub cu_seqlens_k: *const i32,
+    pub total_q: i64,
+    pub total_k: i64,
+}
+
 /// A buffer as XLA describes it: dtype code, rank, dims.
 #[repr(C)]
 pub struct JfaBuffer {
@@ -95,8 +115,33 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
+    pub fn jfa_varlen_fwd_shape_from_buffers(
+        buffers: *const JfaBuffer,
+        num_buffers: usize,
+        shape: *mut AttentionShape,
+        total_q: *mut i64,
+        total_k: *mut i64,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    pub fn jfa_varlen_bwd_shape_from_buffers(
+        buffers: *const JfaBuffer,
+        num_buffers: usize,
+        shape: *mut AttentionShape,
+        total_q: *mut i64,
+        total_k: *mut i64,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
     pub fn jfa_bwd_workspace_elems(
         shape: *const AttentionShape,
+        num_sms: c_int,
+        dq_accum_elems: *mut i64,
+        softmax_d_elems: *mut i64,
+    );
+    pub fn jfa_varlen_bwd_workspace_elems(
+        shape: *const AttentionShape,
+        total_q: i64,
         num_sms: c_int,
         dq_accum_elems: *mut i64,
         softmax_d_elems: *mut i64,
@@ -117,6 +162,18 @@ extern "C" {
     ) -> c_int;
     pub fn jfa_mha_bwd(
         args: *const BwdArgs,
+        cuda_stream: *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    pub fn jfa_mha_varlen_fwd(
+        args: *const VarlenFwdArgs,
+        cuda_stream: *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    pub fn jfa_mha_varlen_bwd(
+        args: *const VarlenBwdArgs,
         cuda_stream: *mut c_void,
         err: *mut c_char,
         err_len: usize,
@@ -160,6 +217,31 @@ pub trait KernelLib {
     /// # Safety
     /// As `mha_fwd`.
     unsafe fn mha_bwd(&self, args: &BwdArgs, stream: *mut c_void) -> Result<(), Failure>;
+    /// The varlen forward's buffers; also gives (total_q, total_k).
+    fn varlen_fwd_shape(
+        &self,
+        buffers: &[JfaBuffer],
+        shape: &mut AttentionShape,
+    ) -> Result<(i64, i64), Failure>;
+    fn varlen_bwd_shape(
+        &self,
+        buffers: &[JfaBuffer],
+        shape: &mut AttentionShape,
+    ) -> Result<(i64, i64), Failure>;
+    /// # Safety
+    /// As `mha_fwd`; cu_seqlens_q/k hold batch + 1 offsets up to the totals.
+    unsafe fn mha_varlen_fwd(
+        &self,
+        args: &VarlenFwdArgs,
+        stream: *mut c_void,
+    ) -> Result<(), Failure>;
+    /// # Safety
+    /// As `mha_varlen_fwd`.
+    unsafe fn mha_varlen_bwd(
+        &self,
+        args: &VarlenBwdArgs,
+        stream: *mut c_void,
+    ) -> Result<(), Failure>;
 }
 
 /// The linked kernel library (//cpp:flash_attn_kernels).
@@ -186,5 +268,63 @@ impl KernelLib for CAbi {
 
     unsafe fn mha_bwd(&self, args: &BwdArgs, stream: *mut c_void) -> Result<(), Failure> {
         with_err(|err, len| jfa_mha_bwd(args, stream, err, len))
+    }
+
+    fn varlen_fwd_shape(
+        &self,
+        buffers: &[JfaBuffer],
+        shape: &mut AttentionShape,
+    ) -> Result<(i64, i64), Failure> {
+        let (mut total_q, mut total_k) = (0, 0);
+        // SAFETY: as in fwd_shape; the totals are locals.
+        with_err(|err, len| unsafe {
+            jfa_varlen_fwd_shape_from_buffers(
+                buffers.as_ptr(),
+                buffers.len(),
+                shape,
+                &mut total_q,
+                &mut total_k,
+                err,
+                len,
+            )
+        })?;
+        Ok((total_q, total_k))
+    }
+
+    fn varlen_bwd_shape(
+        &self,
+        buffers: &[JfaBuffer],
+        shape: &mut AttentionShape,
+    ) -> Result<(i64, i64), Failure> {
+        let (mut total_q, mut total_k) = (0, 0);
+        // SAFETY: as in varlen_fwd_shape.
+        with_err(|err, len| unsafe {
+            jfa_varlen_bwd_shape_from_buffers(
+                buffers.as_ptr(),
+                buffers.len(),
+                shape,
+                &mut total_q,
+                &mut total_k,
+                err,
+                len,
+            )
+        })?;
+        Ok((total_q, total_k))
+    }
+
+    unsafe fn mha_varlen_fwd(
+        &self,
+        args: &VarlenFwdArgs,
+        stream: *mut c_void,
+    ) -> Result<(), Failure> {
+        with_err(|err, len| jfa_mha_varlen_fwd(args, stream, err, len))
+    }
+
+    unsafe fn mha_varlen_bwd(
+        &self,
+        args: &VarlenBwdArgs,
+        stream: *mut c_void,
+    ) -> Result<(), Failure> {
+        with_err(|err, len| jfa_mha_varlen_bwd(args, stream, err, len))
     }
 }

@@ -3,10 +3,13 @@
 //!
 //! Its Python surface is the C++ binding's (cpp/jax_flash_attn_cpp.cc), on
 //! which python/frontend relies:
-//!   registrations()      {"fwd": capsule, "bwd": capsule} of XLA FFI handlers
+//!   registrations()      {"fwd", "bwd", "varlen_fwd", "varlen_bwd": capsule}
+//!                        of XLA FFI handlers
 //!   has_kernel(dtype, head_dim), build_config(), abi_version()
 //!   bwd_workspace_elems(batch, seqlen_q, num_heads, head_dim, deterministic=False,
 //!                       num_sms=0) -> (int, int)   (num_sms 0: ask num_sms())
+//!   varlen_bwd_workspace_elems(batch, total_q, num_heads, head_dim,
+//!                              deterministic=False, num_sms=0) -> (int, int)
 //!   num_sms(device=-1) -> int   (RuntimeError without a GPU)
 //! All arguments are positional-only.
 //!
@@ -32,7 +35,7 @@ mod python {
     use pyo3::prelude::*;
     use pyo3::types::{PyByteArray, PyBytes, PyDict};
 
-    use crate::handlers::{flash_bwd, flash_fwd};
+    use crate::handlers::{flash_bwd, flash_fwd, flash_varlen_bwd, flash_varlen_fwd};
     use crate::kernels::{self, AttentionShape};
     use crate::xla_ffi::Handler;
 
@@ -52,6 +55,8 @@ mod python {
         let targets = PyDict::new(py);
         targets.set_item("fwd", capsule(py, flash_fwd)?)?;
         targets.set_item("bwd", capsule(py, flash_bwd)?)?;
+        targets.set_item("varlen_fwd", capsule(py, flash_varlen_fwd)?)?;
+        targets.set_item("varlen_bwd", capsule(py, flash_varlen_bwd)?)?;
         Ok(targets)
     }
 
@@ -126,6 +131,18 @@ mod python {
         Ok(sms as i64)
     }
 
+    /// The SM count the workspace functions take: num_sms checked, and 0
+    /// replaced by the GPU's where the deterministic backward depends on it.
+    fn workspace_sms(deterministic: bool, num_sms: i64) -> PyResult<i32> {
+        if !(0..=i32::MAX as i64).contains(&num_sms) {
+            return Err(PyValueError::new_err(format!(
+                "num_sms must be 0 (ask the GPU) or a positive SM count, got {num_sms}"
+            )));
+        }
+        let num_sms = if deterministic && num_sms == 0 { query_num_sms(-1)? } else { num_sms };
+        Ok(num_sms as i32)
+    }
+
     #[pyfunction]
     #[pyo3(signature = (batch, seqlen_q, num_heads, head_dim, deterministic=false, num_sms=0, /))]
     fn bwd_workspace_elems(
@@ -136,11 +153,7 @@ mod python {
         deterministic: bool,
         #[pyo3(from_py_with = int64_arg)] num_sms: i64,
     ) -> PyResult<(i64, i64)> {
-        if !(0..=i32::MAX as i64).contains(&num_sms) {
-            return Err(PyValueError::new_err(format!(
-                "num_sms must be 0 (ask the GPU) or a positive SM count, got {num_sms}"
-            )));
-        }
+        let num_sms = workspace_sms(deterministic, num_sms)?;
         let shape = AttentionShape {
             batch,
             seqlen_q,
@@ -149,11 +162,40 @@ mod python {
             deterministic: deterministic as i32,
             ..Default::default()
         };
-        let num_sms = if deterministic && num_sms == 0 { query_num_sms(-1)? } else { num_sms };
+        let (mut dq_accum, mut softmax_d) = (0, 0);
+        // SAFETY: all pointers are to locals.
+        unsafe { kernels::jfa_bwd_workspace_elems(&shape, num_sms, &mut dq_accum, &mut softmax_d) };
+        Ok((dq_accum, softmax_d))
+    }
+
+    #[pyfunction]
+    #[pyo3(signature = (batch, total_q, num_heads, head_dim, deterministic=false, num_sms=0, /))]
+    fn varlen_bwd_workspace_elems(
+        #[pyo3(from_py_with = int64_arg)] batch: i64,
+        #[pyo3(from_py_with = int64_arg)] total_q: i64,
+        #[pyo3(from_py_with = int64_arg)] num_heads: i64,
+        #[pyo3(from_py_with = int64_arg)] head_dim: i64,
+        deterministic: bool,
+        #[pyo3(from_py_with = int64_arg)] num_sms: i64,
+    ) -> PyResult<(i64, i64)> {
+        let num_sms = workspace_sms(deterministic, num_sms)?;
+        let shape = AttentionShape {
+            batch,
+            num_heads,
+            head_dim,
+            deterministic: deterministic as i32,
+            ..Default::default()
+        };
         let (mut dq_accum, mut softmax_d) = (0, 0);
         // SAFETY: all pointers are to locals.
         unsafe {
-            kernels::jfa_bwd_workspace_elems(&shape, num_sms as i32, &mut dq_accum, &mut softmax_d)
+            kernels::jfa_varlen_bwd_workspace_elems(
+                &shape,
+                total_q,
+                num_sms,
+                &mut dq_accum,
+                &mut softmax_d,
+            )
         };
         Ok((dq_accum, softmax_d))
     }
@@ -172,6 +214,7 @@ mod python {
         m.add_function(wrap_pyfunction!(build_config, m)?)?;
         m.add_function(wrap_pyfunction!(abi_version, m)?)?;
         m.add_function(wrap_pyfunction!(bwd_workspace_elems, m)?)?;
+        m.add_function(wrap_pyfunction!(varlen_bwd_workspace_elems, m)?)?;
         m.add_function(wrap_pyfunction!(num_sms, m)?)?;
         Ok(())
     }

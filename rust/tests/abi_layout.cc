@@ -42,6 +42,12 @@ const jfa_rust_layout_entry jfa_rust_layout[] = {
     FIELD(jfa_bwd_args, dq_accum), FIELD(jfa_bwd_args, softmax_d),
     FIELD(jfa_bwd_args, dq_accum_elems), FIELD(jfa_bwd_args, alibi_slopes),
     FIELD(jfa_bwd_args, alibi_slopes_batch_stride),
+    SIZE(jfa_varlen_fwd_args), FIELD(jfa_varlen_fwd_args, base),
+    FIELD(jfa_varlen_fwd_args, cu_seqlens_q), FIELD(jfa_varlen_fwd_args, cu_seqlens_k),
+    FIELD(jfa_varlen_fwd_args, total_q), FIELD(jfa_varlen_fwd_args, total_k),
+    SIZE(jfa_varlen_bwd_args), FIELD(jfa_varlen_bwd_args, base),
+    FIELD(jfa_varlen_bwd_args, cu_seqlens_q), FIELD(jfa_varlen_bwd_args, cu_seqlens_k),
+    FIELD(jfa_varlen_bwd_args, total_q), FIELD(jfa_varlen_bwd_args, total_k),
     SIZE(jfa_buffer), FIELD(jfa_buffer, rank), FIELD(jfa_buffer, dims),
     // c_api.h
     VALUE(XLA_FFI_API_MAJOR), VALUE(XLA_FFI_API_MINOR),
@@ -99,12 +105,24 @@ static_assert(same<decltype(jfa_fwd_shape_from_buffers),
                    int(const jfa_buffer*, size_t, jfa_attention_shape*, char*, size_t)>);
 static_assert(same<decltype(jfa_bwd_shape_from_buffers),
                    int(const jfa_buffer*, size_t, jfa_attention_shape*, char*, size_t)>);
+static_assert(same<decltype(jfa_varlen_fwd_shape_from_buffers),
+                   int(const jfa_buffer*, size_t, jfa_attention_shape*, int64_t*, int64_t*,
+                       char*, size_t)>);
+static_assert(same<decltype(jfa_varlen_bwd_shape_from_buffers),
+                   int(const jfa_buffer*, size_t, jfa_attention_shape*, int64_t*, int64_t*,
+                       char*, size_t)>);
 static_assert(same<decltype(jfa_bwd_workspace_elems),
                    void(const jfa_attention_shape*, int, int64_t*, int64_t*)>);
+static_assert(same<decltype(jfa_varlen_bwd_workspace_elems),
+                   void(const jfa_attention_shape*, int64_t, int, int64_t*, int64_t*)>);
 static_assert(same<decltype(jfa_num_sms), int(int, int*, char*, size_t)>);
 static_assert(same<decltype(jfa_check_shape), int(const jfa_attention_shape*, char*, size_t)>);
 static_assert(same<decltype(jfa_mha_fwd), int(const jfa_fwd_args*, void*, char*, size_t)>);
 static_assert(same<decltype(jfa_mha_bwd), int(const jfa_bwd_args*, void*, char*, size_t)>);
+static_assert(
+    same<decltype(jfa_mha_varlen_fwd), int(const jfa_varlen_fwd_args*, void*, char*, size_t)>);
+static_assert(
+    same<decltype(jfa_mha_varlen_bwd), int(const jfa_varlen_bwd_args*, void*, char*, size_t)>);
 static_assert(same<decltype(jfa_has_kernel), int(jfa_dtype, int64_t)>);
 static_assert(same<decltype(jfa_build_config), const char*()>);
 static_assert(same<decltype(jfa_abi_version), int()>);

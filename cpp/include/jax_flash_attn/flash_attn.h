@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a struct below changes layout; bindings check it. */
-#define JFA_ABI_VERSION 2
+#define JFA_ABI_VERSION 3
 
 typedef enum {
   JFA_OK = 0,
@@ -101,6 +101,36 @@ typedef struct {
   int64_t alibi_slopes_batch_stride;
 } jfa_bwd_args;
 
+/* Variable-length (packed) sequences, FlashAttention's varlen layout: the
+ * batch's sequences concatenated along the token axis, without padding.
+ *   q, out, dout, dq: [total_q, num_heads, head_dim]
+ *   k, v:             [total_k, num_heads_k, head_dim]
+ *   dk, dv:           [total_k, num_heads, head_dim] (summed for GQA by the caller)
+ *   softmax_lse:      float32 [num_heads, total_q]
+ * Sequence b holds queries cu_seqlens_q[b] .. cu_seqlens_q[b + 1] - 1 and keys
+ * cu_seqlens_k[b] .. cu_seqlens_k[b + 1] - 1: int32 [batch + 1] device arrays,
+ * nondecreasing, from 0 to total_q (total_k). The kernels read them on the GPU
+ * and trust them. shape.batch is the number of sequences, and shape.seqlen_q /
+ * seqlen_k bound every sequence's length (max_seqlen_q / max_seqlen_k): rows of
+ * a longer sequence are not computed. Causal masks, windows and ALiBi are
+ * aligned per sequence as for dense calls; ALiBi slopes are per sequence
+ * (alibi_slopes_batch_stride steps over sequences). */
+typedef struct {
+  jfa_fwd_args base;
+  const int32_t* cu_seqlens_q;
+  const int32_t* cu_seqlens_k;
+  int64_t total_q;
+  int64_t total_k;
+} jfa_varlen_fwd_args;
+
+typedef struct {
+  jfa_bwd_args base; /* dq_accum, softmax_d: jfa_varlen_bwd_workspace_elems() */
+  const int32_t* cu_seqlens_q;
+  const int32_t* cu_seqlens_k;
+  int64_t total_q;
+  int64_t total_k;
+} jfa_varlen_bwd_args;
+
 /* One buffer as XLA's FFI describes it: its dtype code (XLA_FFI_DataType:
  * F16 = 10, F32 = 11, BF16 = 16), rank and dimensions. */
 typedef struct {
@@ -126,12 +156,36 @@ int jfa_fwd_shape_from_buffers(const jfa_buffer* buffers, size_t num_buffers,
 int jfa_bwd_shape_from_buffers(const jfa_buffer* buffers, size_t num_buffers,
                                jfa_attention_shape* shape, char* err, size_t err_len);
 
+/* The same for varlen calls. The caller sets the option fields and
+ * seqlen_q / seqlen_k (the bounds max_seqlen_q / max_seqlen_k) of *shape;
+ * these fill the rest and the token counts.
+ *   forward:  q, k, v, cu_seqlens_q, cu_seqlens_k, alibi_slopes,
+ *             out, softmax_lse                                   (8 buffers)
+ *   backward: dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k,
+ *             alibi_slopes, dq, dk, dv, dq_accum, softmax_d      (14 buffers)
+ * dq_accum is one split of jfa_varlen_bwd_workspace_elems() (or a whole
+ * number of them with shape->deterministic), as for dense calls. */
+int jfa_varlen_fwd_shape_from_buffers(const jfa_buffer* buffers, size_t num_buffers,
+                                      jfa_attention_shape* shape, int64_t* total_q,
+                                      int64_t* total_k, char* err, size_t err_len);
+int jfa_varlen_bwd_shape_from_buffers(const jfa_buffer* buffers, size_t num_buffers,
+                                      jfa_attention_shape* shape, int64_t* total_q,
+                                      int64_t* total_k, char* err, size_t err_len);
+
 /* Element counts of the two float32 scratch buffers the backward pass needs.
  * num_sms is the SM count of the GPU the backward will run on (jfa_num_sms());
  * only the deterministic backward depends on it: its dq_accum holds
  * ceil(num_sms / (batch * num_heads)) splits (at least 1). */
 void jfa_bwd_workspace_elems(const jfa_attention_shape* shape, int num_sms,
                              int64_t* dq_accum_elems, int64_t* softmax_d_elems);
+
+/* The varlen backward's scratch, float32 vectors like the dense ones:
+ * dq_accum holds (total_q + 128 * batch) rows of num_heads * head_dim rounded
+ * up to a multiple of 32 (head_dim <= 128) or 64 floats per split (each
+ * sequence padded by one 128-row tile), softmax_d num_heads * (total_q + 128 * batch). */
+void jfa_varlen_bwd_workspace_elems(const jfa_attention_shape* shape, int64_t total_q,
+                                    int num_sms, int64_t* dq_accum_elems,
+                                    int64_t* softmax_d_elems);
 
 /* The number of streaming multiprocessors of CUDA device `device`, or with
  * device -1 the largest over all visible devices. JFA_CUDA_ERROR (with the
@@ -143,6 +197,10 @@ int jfa_check_shape(const jfa_attention_shape* shape, char* err, size_t err_len)
 
 int jfa_mha_fwd(const jfa_fwd_args* args, void* cuda_stream, char* err, size_t err_len);
 int jfa_mha_bwd(const jfa_bwd_args* args, void* cuda_stream, char* err, size_t err_len);
+int jfa_mha_varlen_fwd(const jfa_varlen_fwd_args* args, void* cuda_stream, char* err,
+                       size_t err_len);
+int jfa_mha_varlen_bwd(const jfa_varlen_bwd_args* args, void* cuda_stream, char* err,
+                       size_t err_len);
 
 /* 1 when this build compiled a kernel for the dtype and head dim (rounded up
  * to the kernel's bucket: 32, 64, 96, 128, 192, 256), else 0. */

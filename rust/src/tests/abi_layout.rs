@@ -7,6 +7,7 @@ use std::ffi::{c_char, c_int, CStr};
 use std::mem::{offset_of, size_of};
 
 use crate::kernels::{self as k, AttentionShape, BwdArgs, FwdArgs, JfaBuffer};
+use crate::kernels::{VarlenBwdArgs, VarlenFwdArgs};
 use crate::xla_ffi::{self as x, *};
 
 #[repr(C)]
@@ -87,6 +88,18 @@ fn ours() -> Vec<(&'static str, i64)> {
         field!("jfa_bwd_args.dq_accum_elems", BwdArgs, dq_accum_elems),
         field!("jfa_bwd_args.alibi_slopes", BwdArgs, alibi_slopes),
         field!("jfa_bwd_args.alibi_slopes_batch_stride", BwdArgs, alibi_slopes_batch_stride),
+        size!("jfa_varlen_fwd_args", VarlenFwdArgs),
+        field!("jfa_varlen_fwd_args.base", VarlenFwdArgs, base),
+        field!("jfa_varlen_fwd_args.cu_seqlens_q", VarlenFwdArgs, cu_seqlens_q),
+        field!("jfa_varlen_fwd_args.cu_seqlens_k", VarlenFwdArgs, cu_seqlens_k),
+        field!("jfa_varlen_fwd_args.total_q", VarlenFwdArgs, total_q),
+        field!("jfa_varlen_fwd_args.total_k", VarlenFwdArgs, total_k),
+        size!("jfa_varlen_bwd_args", VarlenBwdArgs),
+        field!("jfa_varlen_bwd_args.base", VarlenBwdArgs, base),
+        field!("jfa_varlen_bwd_args.cu_seqlens_q", VarlenBwdArgs, cu_seqlens_q),
+        field!("jfa_varlen_bwd_args.cu_seqlens_k", VarlenBwdArgs, cu_seqlens_k),
+        field!("jfa_varlen_bwd_args.total_q", VarlenBwdArgs, total_q),
+        field!("jfa_varlen_bwd_args.total_k", VarlenBwdArgs, total_k),
         size!("jfa_buffer", JfaBuffer),
         field!("jfa_buffer.rank", JfaBuffer, rank),
         field!("jfa_buffer.dims", JfaBuffer, dims),

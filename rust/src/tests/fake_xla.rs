@@ -11,7 +11,10 @@ use std::ffi::{c_int, c_void, CStr, CString};
 use std::mem::size_of;
 use std::ptr;
 
-use crate::kernels::{AttentionShape, BwdArgs, CAbi, Failure, FwdArgs, JfaBuffer, KernelLib};
+use crate::kernels::{
+    AttentionShape, BwdArgs, CAbi, Failure, FwdArgs, JfaBuffer, KernelLib, VarlenBwdArgs,
+    VarlenFwdArgs,
+};
 use crate::xla_ffi::{self as xla, Api, ApiVersion, CallFrame};
 
 struct FakeError {
@@ -155,6 +158,15 @@ pub fn bwd_attrs(
     attrs
 }
 
+/// The varlen calls': the dense ones' and the sequence length bounds, kept
+/// sorted by name.
+pub fn varlen_attrs(mut attrs: Vec<Attr>, max_seqlen_q: i32, max_seqlen_k: i32) -> Vec<Attr> {
+    attrs.push(s32_attr("max_seqlen_q", max_seqlen_q));
+    attrs.push(s32_attr("max_seqlen_k", max_seqlen_k));
+    attrs.sort_by(|a, b| a.name.cmp(&b.name));
+    attrs
+}
+
 /// Everything a call frame is built from.
 #[derive(Clone)]
 pub struct Spec {
@@ -179,6 +191,8 @@ pub const DV: usize = 0x9000;
 pub const DQ_ACCUM: usize = 0xa000;
 pub const SOFTMAX_D: usize = 0xb000;
 pub const ALIBI: usize = 0xd000;
+pub const CU_SEQLENS_Q: usize = 0xe000;
+pub const CU_SEQLENS_K: usize = 0xf000;
 pub const STREAM: usize = 0xcafe;
 
 fn spec(args: Vec<Tensor>, rets: Vec<Tensor>) -> Spec {
@@ -247,6 +261,76 @@ pub fn bwd_spec() -> Spec {
         ],
     );
     spec.attrs = bwd_attrs(0.125, true, -1, -1, 0.0, false, false);
+    spec
+}
+
+/// varlen_fwd_spec's packing: sequences of 72 and 128 queries, 128 and 256
+/// keys, so the bounds are those of fwd_spec's dense call.
+pub const TOTAL_Q: i64 = 200;
+pub const TOTAL_K: i64 = 384;
+pub const MAX_SEQLEN_Q: i32 = 128;
+pub const MAX_SEQLEN_K: i32 = 256;
+
+/// A valid varlen forward call: bf16, 2 sequences, 4 / 2 heads, d=128.
+pub fn varlen_fwd_spec() -> Spec {
+    let (b, h, hk, d) = (2, 4, 2, 128);
+    let mut spec = spec(
+        vec![
+            tensor(xla::BF16, &[TOTAL_Q, h, d], Q),
+            tensor(xla::BF16, &[TOTAL_K, hk, d], K),
+            tensor(xla::BF16, &[TOTAL_K, hk, d], V),
+            tensor(xla::S32, &[b + 1], CU_SEQLENS_Q),
+            tensor(xla::S32, &[b + 1], CU_SEQLENS_K),
+            tensor(xla::F32, &[b, h], ALIBI),
+        ],
+        vec![tensor(xla::BF16, &[TOTAL_Q, h, d], OUT), tensor(xla::F32, &[h, TOTAL_Q], LSE)],
+    );
+    spec.attrs = varlen_attrs(spec.attrs, MAX_SEQLEN_Q, MAX_SEQLEN_K);
+    spec
+}
+
+/// The varlen backward's (dq_accum split, softmax_d) for varlen_bwd_spec.
+pub fn varlen_workspace() -> (i64, i64) {
+    let shape = AttentionShape { batch: 2, num_heads: 4, head_dim: 128, ..Default::default() };
+    let (mut dq_accum, mut softmax_d) = (0, 0);
+    unsafe {
+        crate::kernels::jfa_varlen_bwd_workspace_elems(
+            &shape,
+            TOTAL_Q,
+            0,
+            &mut dq_accum,
+            &mut softmax_d,
+        )
+    };
+    (dq_accum, softmax_d)
+}
+
+/// The matching valid varlen backward call.
+pub fn varlen_bwd_spec() -> Spec {
+    let (b, h, hk, d) = (2, 4, 2, 128);
+    let (dq_accum, softmax_d) = varlen_workspace();
+    let mut spec = spec(
+        vec![
+            tensor(xla::BF16, &[TOTAL_Q, h, d], DOUT),
+            tensor(xla::BF16, &[TOTAL_Q, h, d], Q),
+            tensor(xla::BF16, &[TOTAL_K, hk, d], K),
+            tensor(xla::BF16, &[TOTAL_K, hk, d], V),
+            tensor(xla::BF16, &[TOTAL_Q, h, d], OUT),
+            tensor(xla::F32, &[h, TOTAL_Q], LSE),
+            tensor(xla::S32, &[b + 1], CU_SEQLENS_Q),
+            tensor(xla::S32, &[b + 1], CU_SEQLENS_K),
+            tensor(xla::F32, &[b, h], ALIBI),
+        ],
+        vec![
+            tensor(xla::BF16, &[TOTAL_Q, h, d], DQ),
+            tensor(xla::BF16, &[TOTAL_K, h, d], DK),
+            tensor(xla::BF16, &[TOTAL_K, h, d], DV),
+            tensor(xla::F32, &[dq_accum], DQ_ACCUM),
+            tensor(xla::F32, &[softmax_d], SOFTMAX_D),
+        ],
+    );
+    spec.attrs =
+        varlen_attrs(bwd_attrs(0.125, true, -1, -1, 0.0, false, false), MAX_SEQLEN_Q, MAX_SEQLEN_K);
     spec
 }
 
@@ -364,8 +448,18 @@ pub fn outcome(error: *mut xla::Error) -> Option<(c_int, String)> {
     Some((error.code, error.message.into_string().unwrap()))
 }
 
+/// A handler's entry point, over the recording kernel library.
+pub type Entry = unsafe fn(&Recorder, *mut CallFrame) -> *mut xla::Error;
+
+/// Builds the call and runs the handler on it.
+pub fn run(handler: Entry, lib: &Recorder, spec: &Spec) -> Option<(c_int, String)> {
+    let mut call = build(spec);
+    outcome(unsafe { handler(lib, &mut call.frame) })
+}
+
 /// One recorded kernel launch. `alibi` is (slopes pointer, batch stride);
-/// `dq_accum_elems` is the backward's (0 for the forward).
+/// `dq_accum_elems` is the backward's (0 for the forward); `varlen` what
+/// the varlen calls add.
 #[derive(Debug, PartialEq)]
 pub struct Launch {
     pub shape: AttentionShape,
@@ -373,17 +467,78 @@ pub struct Launch {
     pub stream: usize,
     pub alibi: (usize, i64),
     pub dq_accum_elems: i64,
+    pub varlen: Option<Packed>,
 }
 
-/// Validates with the real C ABI; records launches; fails them on request.
+/// A varlen launch's cu_seqlens_q / cu_seqlens_k pointers and token counts.
+#[derive(Debug, PartialEq)]
+pub struct Packed {
+    pub cu_seqlens: (usize, usize),
+    pub totals: (i64, i64),
+}
+
+/// A buffer as the handler described it to the C ABI: (dtype code, dims).
+pub type Described = (c_int, Vec<i64>);
+
+/// Validates with the real C ABI; records launches and the buffers last
+/// described to it; fails launches on request.
 #[derive(Default)]
 pub struct Recorder {
     pub launches: RefCell<Vec<Launch>>,
+    pub described: RefCell<Vec<Described>>,
     pub launch_failure: Option<(c_int, &'static str)>,
     pub panic_on_launch: bool,
 }
 
+fn fwd_launch(a: &FwdArgs, stream: *mut c_void) -> Launch {
+    let pointers =
+        vec![a.q as usize, a.k as usize, a.v as usize, a.out as usize, a.softmax_lse as usize];
+    Launch {
+        shape: a.shape,
+        pointers,
+        stream: stream as usize,
+        alibi: (a.alibi_slopes as usize, a.alibi_slopes_batch_stride),
+        dq_accum_elems: 0,
+        varlen: None,
+    }
+}
+
+fn bwd_launch(a: &BwdArgs, stream: *mut c_void) -> Launch {
+    let pointers = [
+        a.dout as usize,
+        a.q as usize,
+        a.k as usize,
+        a.v as usize,
+        a.out as usize,
+        a.softmax_lse as usize,
+        a.dq as usize,
+        a.dk as usize,
+        a.dv as usize,
+        a.dq_accum as usize,
+        a.softmax_d as usize,
+    ];
+    Launch {
+        shape: a.shape,
+        pointers: pointers.to_vec(),
+        stream: stream as usize,
+        alibi: (a.alibi_slopes as usize, a.alibi_slopes_batch_stride),
+        dq_accum_elems: a.dq_accum_elems,
+        varlen: None,
+    }
+}
+
+fn packed(cu_seqlens_q: *const i32, cu_seqlens_k: *const i32, totals: (i64, i64)) -> Packed {
+    Packed { cu_seqlens: (cu_seqlens_q as usize, cu_seqlens_k as usize), totals }
+}
+
 impl Recorder {
+    fn describe(&self, buffers: &[JfaBuffer]) {
+        // SAFETY: the handler's descriptions of XLA's buffers, `rank` dims each.
+        let dims = |b: &JfaBuffer| unsafe { std::slice::from_raw_parts(b.dims, b.rank as usize) };
+        *self.described.borrow_mut() =
+            buffers.iter().map(|b| (b.xla_dtype, dims(b).to_vec())).collect();
+    }
+
     fn launch(&self, launch: Launch) -> Result<(), Failure> {
         if self.panic_on_launch {
             panic!("launch exploded");
@@ -398,45 +553,48 @@ impl Recorder {
 
 impl KernelLib for Recorder {
     fn fwd_shape(&self, buffers: &[JfaBuffer], shape: &mut AttentionShape) -> Result<(), Failure> {
+        self.describe(buffers);
         CAbi.fwd_shape(buffers, shape)
     }
 
     fn bwd_shape(&self, buffers: &[JfaBuffer], shape: &mut AttentionShape) -> Result<(), Failure> {
+        self.describe(buffers);
         CAbi.bwd_shape(buffers, shape)
     }
 
+    fn varlen_fwd_shape(
+        &self,
+        buffers: &[JfaBuffer],
+        shape: &mut AttentionShape,
+    ) -> Result<(i64, i64), Failure> {
+        self.describe(buffers);
+        CAbi.varlen_fwd_shape(buffers, shape)
+    }
+
+    fn varlen_bwd_shape(
+        &self,
+        buffers: &[JfaBuffer],
+        shape: &mut AttentionShape,
+    ) -> Result<(i64, i64), Failure> {
+        self.describe(buffers);
+        CAbi.varlen_bwd_shape(buffers, shape)
+    }
+
     unsafe fn mha_fwd(&self, a: &FwdArgs, stream: *mut c_void) -> Result<(), Failure> {
-        let pointers =
-            vec![a.q as usize, a.k as usize, a.v as usize, a.out as usize, a.softmax_lse as usize];
-        self.launch(Launch {
-            shape: a.shape,
-            pointers,
-            stream: stream as usize,
-            alibi: (a.alibi_slopes as usize, a.alibi_slopes_batch_stride),
-            dq_accum_elems: 0,
-        })
+        self.launch(fwd_launch(a, stream))
     }
 
     unsafe fn mha_bwd(&self, a: &BwdArgs, stream: *mut c_void) -> Result<(), Failure> {
-        let pointers = [
-            a.dout as usize,
-            a.q as usize,
-            a.k as usize,
-            a.v as usize,
-            a.out as usize,
-            a.softmax_lse as usize,
-            a.dq as usize,
-            a.dk as usize,
-            a.dv as usize,
-            a.dq_accum as usize,
-            a.softmax_d as usize,
-        ];
-        self.launch(Launch {
-            shape: a.shape,
-            pointers: pointers.to_vec(),
-            stream: stream as usize,
-            alibi: (a.alibi_slopes as usize, a.alibi_slopes_batch_stride),
-            dq_accum_elems: a.dq_accum_elems,
-        })
+        self.launch(bwd_launch(a, stream))
+    }
+
+    unsafe fn mha_varlen_fwd(&self, a: &VarlenFwdArgs, stream: *mut c_void) -> Result<(), Failure> {
+        let varlen = packed(a.cu_seqlens_q, a.cu_seqlens_k, (a.total_q, a.total_k));
+        self.launch(Launch { varlen: Some(varlen), ..fwd_launch(&a.base, stream) })
+    }
+
+    unsafe fn mha_varlen_bwd(&self, a: &VarlenBwdArgs, stream: *mut c_void) -> Result<(), Failure> {
+        let varlen = packed(a.cu_seqlens_q, a.cu_seqlens_k, (a.total_q, a.total_k));
+        self.launch(Launch { varlen: Some(varlen), ..bwd_launch(&a.base, stream) })
     }
 }

@@ -5,17 +5,21 @@
 use std::ptr;
 
 use super::fake_xla::*;
-use crate::handlers::{bwd_with, fwd_with};
+use crate::handlers::{bwd_with, fwd_with, varlen_bwd_with, varlen_fwd_with};
 use crate::xla_ffi as xla;
 
-fn run_fwd(spec: &Spec) -> Option<(i32, String)> {
+/// Runs the handler; a call that fails launches nothing.
+fn run_checked(handler: Entry, spec: &Spec) -> Option<(i32, String)> {
     let lib = Recorder::default();
-    let mut call = build(spec);
-    let result = outcome(unsafe { fwd_with(&lib, &mut call.frame) });
+    let result = run(handler, &lib, spec);
     if result.is_some() {
         assert!(lib.launches.borrow().is_empty());
     }
     result
+}
+
+fn run_fwd(spec: &Spec) -> Option<(i32, String)> {
+    run_checked(fwd_with, spec)
 }
 
 fn invalid(message: &str) -> Option<(i32, String)> {
@@ -261,4 +265,109 @@ fn the_backward_decodes_deterministic_too() {
         )
     );
     assert!(lib.launches.borrow().is_empty());
+}
+
+#[test]
+fn varlen_operand_counts_must_match() {
+    let mut spec = varlen_fwd_spec();
+    spec.args.remove(4); // cu_seqlens_k
+    assert_eq!(
+        run_checked(varlen_fwd_with, &spec),
+        invalid("[execute] Wrong number of arguments: expected 6 but got 5")
+    );
+    // A dense call frame is not a varlen one.
+    assert_eq!(
+        run_checked(varlen_bwd_with, &bwd_spec()),
+        invalid("[execute] Wrong number of arguments: expected 9 but got 7")
+    );
+    let mut spec = varlen_bwd_spec();
+    spec.rets.pop();
+    assert_eq!(
+        run_checked(varlen_bwd_with, &spec),
+        invalid("[execute] Wrong number of results: expected 5 but got 4")
+    );
+}
+
+#[test]
+fn the_varlen_handlers_need_the_seqlen_bounds() {
+    let mut spec = varlen_fwd_spec();
+    spec.attrs.retain(|a| a.name != "max_seqlen_k");
+    assert_eq!(
+        run_checked(varlen_fwd_with, &spec),
+        invalid(
+            "[execute] Wrong number of attributes: expected 8 but got 7 with name(s): \
+             has_alibi, is_causal, max_seqlen_q, softcap, softmax_scale, window_left, window_right"
+        )
+    );
+    // The dense attributes alone.
+    let mut spec = varlen_bwd_spec();
+    spec.attrs = bwd_attrs(0.125, true, -1, -1, 0.0, false, false);
+    assert_eq!(
+        run_checked(varlen_bwd_with, &spec),
+        invalid(
+            "[execute] Wrong number of attributes: expected 9 but got 7 with name(s): \
+             deterministic, has_alibi, is_causal, softcap, softmax_scale, window_left, window_right"
+        )
+    );
+    // And the dense handlers take none of them.
+    let mut spec = fwd_spec();
+    spec.attrs = varlen_fwd_spec().attrs;
+    assert_eq!(
+        run_fwd(&spec),
+        invalid(
+            "[execute] Wrong number of attributes: expected 6 but got 8 with name(s): \
+             has_alibi, is_causal, max_seqlen_k, max_seqlen_q, softcap, softmax_scale, \
+             window_left, window_right"
+        )
+    );
+}
+
+#[test]
+fn varlen_fwd_bad_operands_are_reported_by_binding_index() {
+    // Binding order: stream 0, q k v cu_seqlens_q cu_seqlens_k alibi_slopes
+    // 1-6, out lse 7-8, softmax_scale 9, is_causal 10, window_left 11,
+    // window_right 12, softcap 13, has_alibi 14, max_seqlen_q 15,
+    // max_seqlen_k 16. Sorted: has_alibi, is_causal, max_seqlen_k,
+    // max_seqlen_q, softcap, ...
+    let mut spec = varlen_fwd_spec();
+    spec.args[3].kind = 7;
+    spec.attrs[3] = f32_attr("max_seqlen_q", 128.0);
+    spec.attrs[2] = attr("max_seqlen_k", 5, [0; 8]); // S64
+    let expected =
+        "[execute] Failed to decode all FFI handler operands (bad operands at: 4, 15, 16)\n\
+         Diagnostics:\n\
+         Wrong argument type: expected 1 but got 7\
+         Wrong scalar data type: expected S32 but got F32\
+         Wrong scalar data type: expected S32 but got S64";
+    assert_eq!(run_checked(varlen_fwd_with, &spec), invalid(expected));
+    // Misnamed: max_seqlens_q still sorts where max_seqlen_q would.
+    let mut spec = varlen_fwd_spec();
+    spec.attrs[3].name = "max_seqlens_q".into();
+    let expected = "[execute] Failed to decode all FFI handler operands (bad operands at: 15)\n\
+                    Diagnostics:\n\
+                    Attribute name mismatch: max_seqlens_q vs max_seqlen_q";
+    assert_eq!(run_checked(varlen_fwd_with, &spec), invalid(expected));
+}
+
+#[test]
+fn varlen_bwd_bad_operands_are_reported_by_binding_index() {
+    // Binding order: stream 0, 9 args 1-9, 5 rets 10-14, then softmax_scale
+    // 15 .. has_alibi 20, max_seqlen_q 21, max_seqlen_k 22, deterministic 23.
+    // Sorted: deterministic, has_alibi, is_causal, max_seqlen_k,
+    // max_seqlen_q, ...
+    let mut spec = varlen_bwd_spec();
+    spec.args[7].kind = 2; // cu_seqlens_k
+    spec.rets[3].kind = 3; // dq_accum
+    spec.attrs[0] = s32_attr("deterministic", 1);
+    spec.attrs[4] = pred_attr("max_seqlen_q", true);
+    spec.attrs[3].kind = 2; // max_seqlen_k as a dictionary
+    let expected =
+        "[execute] Failed to decode all FFI handler operands (bad operands at: 8, 13, 21, 22, 23)\n\
+         Diagnostics:\n\
+         Wrong argument type: expected 1 but got 2\
+         Wrong result type: expected 1 but got 3\
+         Wrong scalar data type: expected S32 but got PRED\
+         Wrong attribute type: expected scalar but got dictionary\
+         Wrong scalar data type: expected PRED but got S32";
+    assert_eq!(run_checked(varlen_bwd_with, &spec), invalid(expected));
 }

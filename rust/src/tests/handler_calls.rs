@@ -4,21 +4,37 @@
 use std::ffi::{c_char, CStr};
 
 use super::fake_xla::*;
-use crate::handlers::{bwd_with, fwd_with};
+use crate::handlers::{bwd_with, fwd_with, varlen_bwd_with, varlen_fwd_with};
 use crate::kernels::{self, AttentionShape, JfaBuffer};
 use crate::xla_ffi as xla;
 
 fn run_fwd(lib: &Recorder, spec: &Spec) -> Option<(i32, String)> {
-    let mut call = build(spec);
-    outcome(unsafe { fwd_with(lib, &mut call.frame) })
+    run(fwd_with, lib, spec)
 }
 
 fn run_bwd(lib: &Recorder, spec: &Spec) -> Option<(i32, String)> {
-    let mut call = build(spec);
-    outcome(unsafe { bwd_with(lib, &mut call.frame) })
+    run(bwd_with, lib, spec)
 }
 
-/// What the C ABI itself says about these buffers (args then rets).
+fn run_varlen_fwd(lib: &Recorder, spec: &Spec) -> Option<(i32, String)> {
+    run(varlen_fwd_with, lib, spec)
+}
+
+fn run_varlen_bwd(lib: &Recorder, spec: &Spec) -> Option<(i32, String)> {
+    run(varlen_bwd_with, lib, spec)
+}
+
+/// A scalar attribute's value in the spec, widened.
+fn attr_value(spec: &Spec, name: &str) -> Option<i64> {
+    let a = spec.attrs.iter().find(|a| a.name == name)?;
+    Some(match a.dtype {
+        xla::S32 => i32::from_ne_bytes(a.value[..4].try_into().unwrap()).into(),
+        _ => a.value[0].into(),
+    })
+}
+
+/// What the C ABI itself says about these buffers (args then rets); a
+/// varlen call (one with max_seqlen_q) with the spec's seqlen bounds.
 fn c_abi_message(spec: &Spec, backward: bool) -> String {
     let buffers: Vec<JfaBuffer> = spec
         .args
@@ -26,24 +42,30 @@ fn c_abi_message(spec: &Spec, backward: bool) -> String {
         .chain(&spec.rets)
         .map(|t| JfaBuffer { xla_dtype: t.dtype, rank: t.dims.len() as i64, dims: t.dims.as_ptr() })
         .collect();
-    let deterministic =
-        backward && spec.attrs.iter().any(|a| a.name == "deterministic" && a.value[0] != 0);
+    let varlen = attr_value(spec, "max_seqlen_q").is_some();
     let mut shape = AttentionShape {
+        seqlen_q: attr_value(spec, "max_seqlen_q").unwrap_or(0),
+        seqlen_k: attr_value(spec, "max_seqlen_k").unwrap_or(0),
         softmax_scale: 0.125,
         is_causal: 1,
         window_left: -1,
         window_right: -1,
-        deterministic: deterministic as i32,
+        deterministic: (backward && attr_value(spec, "deterministic") == Some(1)) as i32,
         ..Default::default()
     };
+    let (b, n, s) = (buffers.as_ptr(), buffers.len(), &mut shape);
+    let (mut total_q, mut total_k) = (0, 0);
+    let (tq, tk) = (&mut total_q, &mut total_k);
     let mut err = [0 as c_char; 1024];
-    let f = if backward {
-        kernels::jfa_bwd_shape_from_buffers
-    } else {
-        kernels::jfa_fwd_shape_from_buffers
+    let (e, len) = (err.as_mut_ptr(), err.len());
+    let status = unsafe {
+        match (varlen, backward) {
+            (false, false) => kernels::jfa_fwd_shape_from_buffers(b, n, s, e, len),
+            (false, true) => kernels::jfa_bwd_shape_from_buffers(b, n, s, e, len),
+            (true, false) => kernels::jfa_varlen_fwd_shape_from_buffers(b, n, s, tq, tk, e, len),
+            (true, true) => kernels::jfa_varlen_bwd_shape_from_buffers(b, n, s, tq, tk, e, len),
+        }
     };
-    let status =
-        unsafe { f(buffers.as_ptr(), buffers.len(), &mut shape, err.as_mut_ptr(), err.len()) };
     assert_eq!(status, kernels::JFA_INVALID_ARGUMENT);
     unsafe { CStr::from_ptr(err.as_ptr()) }.to_str().unwrap().to_owned()
 }
@@ -77,8 +99,77 @@ fn fwd_launches_with_the_decoded_shape_pointers_and_stream() {
             stream: STREAM,
             alibi: (0, 4), // no slopes: NULL
             dq_accum_elems: 0,
+            varlen: None,
         }
     );
+}
+
+#[test]
+fn varlen_fwd_launches_with_the_bounds_cu_seqlens_and_totals() {
+    let lib = Recorder::default();
+    assert_eq!(run_varlen_fwd(&lib, &varlen_fwd_spec()), None);
+    let launches = lib.launches.borrow();
+    assert_eq!(launches.len(), 1);
+    // The dense call's shape, with max_seqlen_q / max_seqlen_k as seqlens.
+    let expected = AttentionShape {
+        batch: 2,
+        seqlen_q: 128,
+        seqlen_k: 256,
+        num_heads: 4,
+        num_heads_k: 2,
+        head_dim: 128,
+        dtype: kernels::JFA_BFLOAT16,
+        softmax_scale: 0.125,
+        is_causal: 1,
+        window_left: -1,
+        window_right: -1,
+        softcap: 0.0,
+        deterministic: 0,
+    };
+    assert_eq!(
+        launches[0],
+        Launch {
+            shape: expected,
+            pointers: vec![Q, K, V, OUT, LSE],
+            stream: STREAM,
+            alibi: (0, 4),
+            dq_accum_elems: 0,
+            varlen: Some(Packed {
+                cu_seqlens: (CU_SEQLENS_Q, CU_SEQLENS_K),
+                totals: (TOTAL_Q, TOTAL_K)
+            }),
+        }
+    );
+}
+
+#[test]
+fn varlen_fwd_passes_every_option_and_the_bounds_as_given() {
+    let lib = Recorder::default();
+    let mut spec = varlen_fwd_spec();
+    spec.attrs = varlen_attrs(options(0.5, false, 16, 0, 30.0), 96, 200);
+    assert_eq!(run_varlen_fwd(&lib, &spec), None);
+    let s = lib.launches.borrow()[0].shape;
+    assert_eq!(
+        (s.softmax_scale, s.is_causal, s.window_left, s.window_right, s.softcap),
+        (0.5, 0, 16, 0, 30.0)
+    );
+    assert_eq!((s.seqlen_q, s.seqlen_k), (96, 200));
+}
+
+#[test]
+fn varlen_bounds_are_checked_as_seqlens() {
+    let lib = Recorder::default();
+    let mut spec = varlen_fwd_spec();
+    spec.attrs = varlen_attrs(options(0.125, true, -1, -1, 0.0), 0, 256);
+    let expected = c_abi_message(&spec, false);
+    assert_eq!(expected, "seqlen_q must be positive, got 0");
+    assert_eq!(run_varlen_fwd(&lib, &spec), Some((xla::ERROR_INVALID_ARGUMENT, expected)));
+    let mut spec = varlen_bwd_spec();
+    spec.attrs = varlen_attrs(bwd_attrs(0.125, true, -1, -1, 0.0, false, false), 128, -3);
+    let expected = c_abi_message(&spec, true);
+    assert_eq!(expected, "seqlen_k must be positive, got -3");
+    assert_eq!(run_varlen_bwd(&lib, &spec), Some((xla::ERROR_INVALID_ARGUMENT, expected)));
+    assert!(lib.launches.borrow().is_empty());
 }
 
 #[test]
@@ -109,6 +200,46 @@ fn bwd_launches_with_the_decoded_shape_pointers_and_stream() {
     assert_eq!(launches[0].alibi, (0, 4));
     assert_eq!(launches[0].dq_accum_elems, dq_accum_split());
     assert_eq!(launches[0].shape.deterministic, 0);
+    assert_eq!(launches[0].varlen, None);
+}
+
+#[test]
+fn varlen_bwd_launches_with_the_bounds_cu_seqlens_and_totals() {
+    let lib = Recorder::default();
+    assert_eq!(run_varlen_bwd(&lib, &varlen_bwd_spec()), None);
+    let launches = lib.launches.borrow();
+    assert_eq!(launches.len(), 1);
+    let s = launches[0].shape;
+    assert_eq!((s.batch, s.seqlen_q, s.seqlen_k, s.num_heads, s.num_heads_k), (2, 128, 256, 4, 2));
+    assert_eq!((s.softmax_scale, s.is_causal, s.deterministic), (0.125, 1, 0));
+    assert_eq!(
+        launches[0].pointers,
+        vec![DOUT, Q, K, V, OUT, LSE, DQ, DK, DV, DQ_ACCUM, SOFTMAX_D]
+    );
+    assert_eq!(launches[0].stream, STREAM);
+    assert_eq!(launches[0].alibi, (0, 4));
+    assert_eq!(launches[0].dq_accum_elems, varlen_workspace().0);
+    assert_eq!(
+        launches[0].varlen,
+        Some(Packed { cu_seqlens: (CU_SEQLENS_Q, CU_SEQLENS_K), totals: (TOTAL_Q, TOTAL_K) })
+    );
+}
+
+#[test]
+fn every_handler_describes_its_args_then_rets_to_the_c_abi() {
+    let cases: [(&str, Entry, Spec); 4] = [
+        ("fwd", fwd_with, fwd_spec()),
+        ("bwd", bwd_with, bwd_spec()),
+        ("varlen_fwd", varlen_fwd_with, varlen_fwd_spec()),
+        ("varlen_bwd", varlen_bwd_with, varlen_bwd_spec()),
+    ];
+    for (what, handler, spec) in cases {
+        let lib = Recorder::default();
+        assert_eq!(run(handler, &lib, &spec), None, "{what}");
+        let expected: Vec<Described> =
+            spec.args.iter().chain(&spec.rets).map(|t| (t.dtype, t.dims.clone())).collect();
+        assert_eq!(*lib.described.borrow(), expected, "{what}");
+    }
 }
 
 #[test]
@@ -120,8 +251,15 @@ fn has_alibi_passes_the_slopes_with_a_batch_stride_of_num_heads() {
     let mut spec = bwd_spec();
     spec.attrs = bwd_attrs(0.125, false, -1, -1, 0.0, true, false);
     assert_eq!(run_bwd(&lib, &spec), None);
-    let launches = lib.launches.borrow();
-    assert_eq!((launches[0].alibi, launches[1].alibi), ((ALIBI, 4), (ALIBI, 4)));
+    // The varlen calls' slopes come after cu_seqlens_q/k.
+    let mut spec = varlen_fwd_spec();
+    spec.attrs = varlen_attrs(fwd_attrs(0.125, false, -1, -1, 0.0, true), 128, 256);
+    assert_eq!(run_varlen_fwd(&lib, &spec), None);
+    let mut spec = varlen_bwd_spec();
+    spec.attrs = varlen_attrs(bwd_attrs(0.125, false, -1, -1, 0.0, true, false), 128, 256);
+    assert_eq!(run_varlen_bwd(&lib, &spec), None);
+    let alibi: Vec<_> = lib.launches.borrow().iter().map(|l| l.alibi).collect();
+    assert_eq!(alibi, vec![(ALIBI, 4); 4]);
 }
 
 #[test]
@@ -178,6 +316,53 @@ fn the_deterministic_backward_takes_whole_splits_of_dq_accum() {
     let expected = format!("dq_accum: expected shape ({split},), got ({},)", 3 * split);
     assert_eq!(run_bwd(&lib, &spec), Some((xla::ERROR_INVALID_ARGUMENT, expected)));
     assert_eq!(lib.launches.borrow().len(), 1);
+}
+
+#[test]
+fn the_deterministic_varlen_backward_takes_whole_splits_of_dq_accum() {
+    let (split, _) = varlen_workspace();
+    let deterministic = |on| varlen_attrs(bwd_attrs(0.125, true, -1, -1, 0.0, false, on), 128, 256);
+    let lib = Recorder::default();
+    let mut spec = varlen_bwd_spec();
+    spec.attrs = deterministic(true);
+    spec.rets[3].dims = vec![2 * split];
+    assert_eq!(run_varlen_bwd(&lib, &spec), None);
+    {
+        let launches = lib.launches.borrow();
+        assert_eq!(launches[0].shape.deterministic, 1);
+        assert_eq!(launches[0].dq_accum_elems, 2 * split);
+    }
+    spec.rets[3].dims = vec![2 * split - 1];
+    let expected = c_abi_message(&spec, true);
+    assert!(expected.starts_with("dq_accum: the deterministic backward takes"), "{expected}");
+    assert_eq!(run_varlen_bwd(&lib, &spec), Some((xla::ERROR_INVALID_ARGUMENT, expected)));
+    spec.attrs = deterministic(false);
+    spec.rets[3].dims = vec![2 * split];
+    let expected = format!("dq_accum: expected shape ({split},), got ({},)", 2 * split);
+    assert_eq!(c_abi_message(&spec, true), expected);
+    assert_eq!(run_varlen_bwd(&lib, &spec), Some((xla::ERROR_INVALID_ARGUMENT, expected)));
+    assert_eq!(lib.launches.borrow().len(), 1);
+}
+
+#[test]
+fn varlen_workspace_sizes_are_the_headers() {
+    // Per split: (total_q + 128 * batch) rows of num_heads * 128 floats
+    // (head_dim 128 rounded up to 32); softmax_d: num_heads such rows.
+    let rows = TOTAL_Q + 128 * 2;
+    assert_eq!(varlen_workspace(), (rows * 4 * 128, 4 * rows));
+    let shape = AttentionShape {
+        batch: 2,
+        num_heads: 4,
+        head_dim: 72, // rounded up to 96
+        deterministic: 1,
+        ..Default::default()
+    };
+    let (mut dq_accum, mut softmax_d) = (0, 0);
+    unsafe {
+        kernels::jfa_varlen_bwd_workspace_elems(&shape, TOTAL_Q, 132, &mut dq_accum, &mut softmax_d)
+    };
+    // ceil(132 / (2 * 4)) = 17 splits.
+    assert_eq!((dq_accum, softmax_d), (17 * rows * 4 * 96, 4 * rows));
 }
 
 #[test]
@@ -264,6 +449,50 @@ fn bwd_buffer_errors_are_the_c_abi_messages() {
 }
 
 #[test]
+fn varlen_buffer_errors_are_the_c_abi_messages() {
+    type Case = (&'static str, fn(&mut Spec), &'static str);
+    let fwd_cases: [Case; 5] = [
+        ("q rank", |s| s.args[0].dims = vec![2, 100, 4, 128], "q: "),
+        ("cu_seqlens_q dtype", |s| s.args[3].dtype = xla::F32, "cu_seqlens_q: "),
+        ("cu_seqlens_k length", |s| s.args[4].dims = vec![4], "cu_seqlens_k: "),
+        ("alibi for 3 sequences", |s| s.args[5].dims = vec![3, 4], "alibi_slopes: "),
+        ("dense lse", |s| s.rets[1].dims = vec![2, 4, 100], "softmax_lse: "),
+    ];
+    for (what, edit, prefix) in fwd_cases {
+        let lib = Recorder::default();
+        let mut spec = varlen_fwd_spec();
+        edit(&mut spec);
+        let expected = c_abi_message(&spec, false);
+        assert!(expected.starts_with(prefix), "{what}: {expected}");
+        assert_eq!(
+            run_varlen_fwd(&lib, &spec),
+            Some((xla::ERROR_INVALID_ARGUMENT, expected)),
+            "{what}"
+        );
+        assert!(lib.launches.borrow().is_empty(), "{what}");
+    }
+    let bwd_cases: [Case; 4] = [
+        ("dout tokens", |s| s.args[0].dims[0] = TOTAL_K, "dout: "),
+        ("cu_seqlens_k dtype", |s| s.args[7].dtype = xla::S32 + 1, "cu_seqlens_k: "),
+        ("dk with k's heads", |s| s.rets[1].dims[1] = 2, "dk: "),
+        ("softmax_d", |s| s.rets[4].dims[0] += 1, "softmax_d: "),
+    ];
+    for (what, edit, prefix) in bwd_cases {
+        let lib = Recorder::default();
+        let mut spec = varlen_bwd_spec();
+        edit(&mut spec);
+        let expected = c_abi_message(&spec, true);
+        assert!(expected.starts_with(prefix), "{what}: {expected}");
+        assert_eq!(
+            run_varlen_bwd(&lib, &spec),
+            Some((xla::ERROR_INVALID_ARGUMENT, expected)),
+            "{what}"
+        );
+        assert!(lib.launches.borrow().is_empty(), "{what}");
+    }
+}
+
+#[test]
 fn option_errors_come_from_the_c_abi_shape_check() {
     let lib = Recorder::default();
     let mut spec = fwd_spec();
@@ -291,6 +520,8 @@ fn kernel_failures_map_to_xla_codes() {
             Recorder { launch_failure: Some((status, "kernel said no")), ..Default::default() };
         assert_eq!(run_fwd(&lib, &fwd_spec()), Some((code, "kernel said no".into())));
         assert_eq!(run_bwd(&lib, &bwd_spec()), Some((code, "kernel said no".into())));
+        assert_eq!(run_varlen_fwd(&lib, &varlen_fwd_spec()), Some((code, "kernel said no".into())));
+        assert_eq!(run_varlen_bwd(&lib, &varlen_bwd_spec()), Some((code, "kernel said no".into())));
     }
 }
 
