@@ -39,6 +39,12 @@ void expect_dtype(const char* name, const jfa_buffer& b, int32_t dtype) {
   }
 }
 
+void expect_tensor(const char* name, const jfa_buffer& b, int32_t dtype,
+                   const std::vector<int64_t>& dims) {
+  expect_dtype(name, b, dtype);
+  expect_dims(name, b, dims);
+}
+
 // q, k, v at b[0..2]: the shape they imply. Dense calls have rank 4
 // [batch, seq, heads, head_dim]; varlen calls rank 3 [tokens, heads, head_dim],
 // and the sequence fields are left to the caller.
@@ -85,8 +91,32 @@ int report(char* err, size_t err_len, F&& body) {
 
 // ALiBi slopes: float32 [batch, num_heads], also when the call has none.
 void expect_alibi(const jfa_buffer& b, const jfa_attention_shape* s) {
-  expect_dtype("alibi_slopes", b, kF32);
-  expect_dims("alibi_slopes", b, {s->batch, s->num_heads});
+  expect_tensor("alibi_slopes", b, kF32, {s->batch, s->num_heads});
+}
+
+// The backward's dout, out and softmax_lse: b[0], b[4] and b[5] in both
+// layouts (q, k, v come between).
+void expect_dout_out_lse(const jfa_buffer* b, int32_t dtype, const std::vector<int64_t>& q_dims,
+                         const std::vector<int64_t>& lse_dims) {
+  expect_tensor("dout", b[0], dtype, q_dims);
+  expect_tensor("out", b[4], dtype, q_dims);
+  expect_tensor("softmax_lse", b[5], kF32, lse_dims);
+}
+
+// dq, dk, dv at b[0..2]; dk and dv have the heads of q.
+void expect_grads(const jfa_buffer* b, int32_t dtype, const std::vector<int64_t>& q_dims,
+                  const std::vector<int64_t>& dkv_dims) {
+  expect_tensor("dq", b[0], dtype, q_dims);
+  expect_tensor("dk", b[1], dtype, dkv_dims);
+  expect_tensor("dv", b[2], dtype, dkv_dims);
+}
+
+// The shape with one split of the backward's dq accumulator, whose size the
+// workspace buffer must be a whole multiple of.
+jfa_attention_shape one_split(const jfa_attention_shape& s) {
+  jfa_attention_shape one = s;
+  one.deterministic = 0;
+  return one;
 }
 
 // dq_accum and softmax_d at b[0..1]: one split of dq_accum (the whole of it
@@ -99,8 +129,7 @@ void expect_workspace(const jfa_buffer* b, bool deterministic, int64_t split, in
     throw Invalid{"dq_accum: the deterministic backward takes a whole number of splits of " +
                   std::to_string(split) + " elements, got shape " + dims_str(b[0])};
   }
-  expect_dtype("softmax_d", b[1], kF32);
-  expect_dims("softmax_d", b[1], {softmax_d});
+  expect_tensor("softmax_d", b[1], kF32, {softmax_d});
 }
 
 // Varlen: cu_seqlens_q and cu_seqlens_k at b[0..1], int32 [batch + 1] each;
@@ -128,10 +157,8 @@ extern "C" int jfa_fwd_shape_from_buffers(const jfa_buffer* b, size_t n, jfa_att
     }
     describe_qkv(b, s);
     expect_alibi(b[3], s);
-    expect_dtype("out", b[4], b[0].xla_dtype);
-    expect_dims("out", b[4], {s->batch, s->seqlen_q, s->num_heads, s->head_dim});
-    expect_dtype("softmax_lse", b[5], kF32);
-    expect_dims("softmax_lse", b[5], {s->batch, s->num_heads, s->seqlen_q});
+    expect_tensor("out", b[4], b[0].xla_dtype, {s->batch, s->seqlen_q, s->num_heads, s->head_dim});
+    expect_tensor("softmax_lse", b[5], kF32, {s->batch, s->num_heads, s->seqlen_q});
   });
   return status != JFA_OK ? status : jfa_check_shape(s, err, err_len);
 }
@@ -147,21 +174,10 @@ extern "C" int jfa_bwd_shape_from_buffers(const jfa_buffer* b, size_t n, jfa_att
     const int32_t dtype = b[1].xla_dtype;
     const std::vector<int64_t> q_dims{s->batch, s->seqlen_q, s->num_heads, s->head_dim};
     const std::vector<int64_t> dkv_dims{s->batch, s->seqlen_k, s->num_heads, s->head_dim};
-    expect_dtype("dout", b[0], dtype);
-    expect_dims("dout", b[0], q_dims);
-    expect_dtype("out", b[4], dtype);
-    expect_dims("out", b[4], q_dims);
-    expect_dtype("softmax_lse", b[5], kF32);
-    expect_dims("softmax_lse", b[5], {s->batch, s->num_heads, s->seqlen_q});
+    expect_dout_out_lse(b, dtype, q_dims, {s->batch, s->num_heads, s->seqlen_q});
     expect_alibi(b[6], s);
-    expect_dtype("dq", b[7], dtype);
-    expect_dims("dq", b[7], q_dims);
-    expect_dtype("dk", b[8], dtype);
-    expect_dims("dk", b[8], dkv_dims);
-    expect_dtype("dv", b[9], dtype);
-    expect_dims("dv", b[9], dkv_dims);
-    jfa_attention_shape one = *s;
-    one.deterministic = 0;
+    expect_grads(b + 7, dtype, q_dims, dkv_dims);
+    const jfa_attention_shape one = one_split(*s);
     int64_t split = 0, softmax_d = 0;
     jfa_bwd_workspace_elems(&one, 0, &split, &softmax_d);
     expect_workspace(b + 10, s->deterministic, split, softmax_d);
@@ -182,10 +198,8 @@ extern "C" int jfa_varlen_fwd_shape_from_buffers(const jfa_buffer* b, size_t n,
     *total_q = b[0].dims[0];
     *total_k = b[1].dims[0];
     expect_alibi(b[5], s);
-    expect_dtype("out", b[6], b[0].xla_dtype);
-    expect_dims("out", b[6], {*total_q, s->num_heads, s->head_dim});
-    expect_dtype("softmax_lse", b[7], kF32);
-    expect_dims("softmax_lse", b[7], {s->num_heads, *total_q});
+    expect_tensor("out", b[6], b[0].xla_dtype, {*total_q, s->num_heads, s->head_dim});
+    expect_tensor("softmax_lse", b[7], kF32, {s->num_heads, *total_q});
   });
   return status != JFA_OK ? status : jfa_check_shape(s, err, err_len);
 }
@@ -206,21 +220,10 @@ extern "C" int jfa_varlen_bwd_shape_from_buffers(const jfa_buffer* b, size_t n,
     const int32_t dtype = b[1].xla_dtype;
     const std::vector<int64_t> q_dims{*total_q, s->num_heads, s->head_dim};
     const std::vector<int64_t> dkv_dims{*total_k, s->num_heads, s->head_dim};
-    expect_dtype("dout", b[0], dtype);
-    expect_dims("dout", b[0], q_dims);
-    expect_dtype("out", b[4], dtype);
-    expect_dims("out", b[4], q_dims);
-    expect_dtype("softmax_lse", b[5], kF32);
-    expect_dims("softmax_lse", b[5], {s->num_heads, *total_q});
+    expect_dout_out_lse(b, dtype, q_dims, {s->num_heads, *total_q});
     expect_alibi(b[8], s);
-    expect_dtype("dq", b[9], dtype);
-    expect_dims("dq", b[9], q_dims);
-    expect_dtype("dk", b[10], dtype);
-    expect_dims("dk", b[10], dkv_dims);
-    expect_dtype("dv", b[11], dtype);
-    expect_dims("dv", b[11], dkv_dims);
-    jfa_attention_shape one = *s;
-    one.deterministic = 0;
+    expect_grads(b + 9, dtype, q_dims, dkv_dims);
+    const jfa_attention_shape one = one_split(*s);
     int64_t split = 0, softmax_d = 0;
     jfa_varlen_bwd_workspace_elems(&one, *total_q, 0, &split, &softmax_d);
     expect_workspace(b + 12, s->deterministic, split, softmax_d);

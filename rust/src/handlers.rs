@@ -27,42 +27,27 @@ use crate::kernels::{
 };
 use crate::xla_ffi::{self as xla, Buffer, CallFrame};
 
-/// The attributes in binding order (that of the C++ binding's handlers).
-const FWD_ATTRS: [(&str, xla::DataType); 6] = [
-    ("softmax_scale", xla::F32),
-    ("is_causal", xla::PRED),
-    ("window_left", xla::S32),
-    ("window_right", xla::S32),
-    ("softcap", xla::F32),
-    ("has_alibi", xla::PRED),
-];
-const BWD_ATTRS: [(&str, xla::DataType); 7] = [
-    ("softmax_scale", xla::F32),
-    ("is_causal", xla::PRED),
-    ("window_left", xla::S32),
-    ("window_right", xla::S32),
-    ("softcap", xla::F32),
-    ("has_alibi", xla::PRED),
-    ("deterministic", xla::PRED),
-];
+/// The attributes every handler takes, in binding order (that of the C++
+/// binding's `with_options`), followed by the handler's own.
+macro_rules! attrs {
+    ($($own:expr),* $(,)?) => {
+        [
+            ("softmax_scale", xla::F32),
+            ("is_causal", xla::PRED),
+            ("window_left", xla::S32),
+            ("window_right", xla::S32),
+            ("softcap", xla::F32),
+            ("has_alibi", xla::PRED),
+            $($own),*
+        ]
+    };
+}
 
-const VARLEN_FWD_ATTRS: [(&str, xla::DataType); 8] = [
-    ("softmax_scale", xla::F32),
-    ("is_causal", xla::PRED),
-    ("window_left", xla::S32),
-    ("window_right", xla::S32),
-    ("softcap", xla::F32),
-    ("has_alibi", xla::PRED),
-    ("max_seqlen_q", xla::S32),
-    ("max_seqlen_k", xla::S32),
-];
-const VARLEN_BWD_ATTRS: [(&str, xla::DataType); 9] = [
-    ("softmax_scale", xla::F32),
-    ("is_causal", xla::PRED),
-    ("window_left", xla::S32),
-    ("window_right", xla::S32),
-    ("softcap", xla::F32),
-    ("has_alibi", xla::PRED),
+const FWD_ATTRS: [(&str, xla::DataType); 6] = attrs![];
+const BWD_ATTRS: [(&str, xla::DataType); 7] = attrs![("deterministic", xla::PRED)];
+const VARLEN_FWD_ATTRS: [(&str, xla::DataType); 8] =
+    attrs![("max_seqlen_q", xla::S32), ("max_seqlen_k", xla::S32)];
+const VARLEN_BWD_ATTRS: [(&str, xla::DataType); 9] = attrs![
     ("max_seqlen_q", xla::S32),
     ("max_seqlen_k", xla::S32),
     ("deterministic", xla::PRED),

@@ -244,6 +244,32 @@ pub trait KernelLib {
     ) -> Result<(), Failure>;
 }
 
+/// jfa_varlen_{fwd,bwd}_shape_from_buffers.
+type VarlenShapeFn = unsafe extern "C" fn(
+    *const JfaBuffer,
+    usize,
+    *mut AttentionShape,
+    *mut i64,
+    *mut i64,
+    *mut c_char,
+    usize,
+) -> c_int;
+
+/// Calls one of the varlen validators; returns (total_q, total_k).
+fn varlen_shape(
+    validate: VarlenShapeFn,
+    buffers: &[JfaBuffer],
+    shape: &mut AttentionShape,
+) -> Result<(i64, i64), Failure> {
+    let (mut total_q, mut total_k) = (0, 0);
+    // SAFETY: every JfaBuffer's dims point at `rank` values (the caller's
+    // contract); the totals are locals.
+    with_err(|err, len| unsafe {
+        validate(buffers.as_ptr(), buffers.len(), shape, &mut total_q, &mut total_k, err, len)
+    })?;
+    Ok((total_q, total_k))
+}
+
 /// The linked kernel library (//cpp:flash_attn_kernels).
 pub struct CAbi;
 
@@ -275,20 +301,7 @@ impl KernelLib for CAbi {
         buffers: &[JfaBuffer],
         shape: &mut AttentionShape,
     ) -> Result<(i64, i64), Failure> {
-        let (mut total_q, mut total_k) = (0, 0);
-        // SAFETY: as in fwd_shape; the totals are locals.
-        with_err(|err, len| unsafe {
-            jfa_varlen_fwd_shape_from_buffers(
-                buffers.as_ptr(),
-                buffers.len(),
-                shape,
-                &mut total_q,
-                &mut total_k,
-                err,
-                len,
-            )
-        })?;
-        Ok((total_q, total_k))
+        varlen_shape(jfa_varlen_fwd_shape_from_buffers, buffers, shape)
     }
 
     fn varlen_bwd_shape(
@@ -296,20 +309,7 @@ impl KernelLib for CAbi {
         buffers: &[JfaBuffer],
         shape: &mut AttentionShape,
     ) -> Result<(i64, i64), Failure> {
-        let (mut total_q, mut total_k) = (0, 0);
-        // SAFETY: as in varlen_fwd_shape.
-        with_err(|err, len| unsafe {
-            jfa_varlen_bwd_shape_from_buffers(
-                buffers.as_ptr(),
-                buffers.len(),
-                shape,
-                &mut total_q,
-                &mut total_k,
-                err,
-                len,
-            )
-        })?;
-        Ok((total_q, total_k))
+        varlen_shape(jfa_varlen_bwd_shape_from_buffers, buffers, shape)
     }
 
     unsafe fn mha_varlen_fwd(
