@@ -70,13 +70,10 @@ fn c_abi_message(spec: &Spec, backward: bool) -> String {
     unsafe { CStr::from_ptr(err.as_ptr()) }.to_str().unwrap().to_owned()
 }
 
-#[test]
-fn fwd_launches_with_the_decoded_shape_pointers_and_stream() {
-    let lib = Recorder::default();
-    assert_eq!(run_fwd(&lib, &fwd_spec()), None);
-    let launches = lib.launches.borrow();
-    assert_eq!(launches.len(), 1);
-    let expected = AttentionShape {
+/// The shape the forward specs (fwd_spec, varlen_fwd_spec with its bounds as
+/// seqlens) decode to.
+fn spec_shape() -> AttentionShape {
+    AttentionShape {
         batch: 2,
         seqlen_q: 128,
         seqlen_k: 256,
@@ -90,7 +87,16 @@ fn fwd_launches_with_the_decoded_shape_pointers_and_stream() {
         window_right: -1,
         softcap: 0.0,
         deterministic: 0,
-    };
+    }
+}
+
+#[test]
+fn fwd_launches_with_the_decoded_shape_pointers_and_stream() {
+    let lib = Recorder::default();
+    assert_eq!(run_fwd(&lib, &fwd_spec()), None);
+    let launches = lib.launches.borrow();
+    assert_eq!(launches.len(), 1);
+    let expected = spec_shape();
     assert_eq!(
         launches[0],
         Launch {
@@ -111,21 +117,7 @@ fn varlen_fwd_launches_with_the_bounds_cu_seqlens_and_totals() {
     let launches = lib.launches.borrow();
     assert_eq!(launches.len(), 1);
     // The dense call's shape, with max_seqlen_q / max_seqlen_k as seqlens.
-    let expected = AttentionShape {
-        batch: 2,
-        seqlen_q: 128,
-        seqlen_k: 256,
-        num_heads: 4,
-        num_heads_k: 2,
-        head_dim: 128,
-        dtype: kernels::JFA_BFLOAT16,
-        softmax_scale: 0.125,
-        is_causal: 1,
-        window_left: -1,
-        window_right: -1,
-        softcap: 0.0,
-        deterministic: 0,
-    };
+    let expected = spec_shape();
     assert_eq!(
         launches[0],
         Launch {
