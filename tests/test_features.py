@@ -458,7 +458,7 @@ ADAPTER_CASES = [
     ("causal-shorter-q", (24, 40, 4, 4), dict(is_causal=True), False),
     ("bias", (16, 16, 2, 2), dict(bias=np.full((1, 2, 16, 16), 0.5, np.float32)), False),
     ("mask", (16, 16, 2, 2), dict(mask=np.tril(np.ones((16, 16), bool))[None, None]), False),
-    ("seq-lengths", (16, 16, 2, 2), dict(key_value_seq_lengths=np.array([9, 16], np.int32)), False),
+    ("seq-lengths", (16, 16, 2, 2), dict(key_value_seq_lengths=np.array([9, 16], np.int32)), True),
 ]
 
 

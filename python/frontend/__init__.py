@@ -7,7 +7,10 @@
 dot_product_attention (jax.nn.dot_product_attention's signature) and
 flax_attention_fn (an attention_fn for flax's MultiHeadDotProductAttention)
 run the kernels where they compute the same attention and fall back to JAX's
-and flax's own implementations elsewhere.
+and flax's own implementations elsewhere; dot_product_attention's sequence
+lengths run on flash_mha_varlen's kernels, as does flash_mha_segments
+(self-attention over packed rows whose runs of equal segment ids are separate
+sequences).
 
 Both packages share this front end and differ only in the binding that hands
 the kernels to XLA (C++/pybind11 in jax_flash_attn, Rust/PyO3 in jflash_attn).
@@ -17,6 +20,7 @@ from . import _binding
 from ._attention import dot_product_attention, flash_mha, flax_attention_fn
 from ._reference import attention_reference, varlen_attention_reference
 from ._ring import ring_flash_mha, ring_flash_mha_sharded
+from ._seqlens import flash_mha_segments, segment_ids_from_lengths
 from ._varlen import flash_mha_varlen
 
 __version__ = "0.1.0"
@@ -39,5 +43,6 @@ def num_sms(device=-1):
     return _binding.extension.num_sms(int(device))
 
 
-__all__ = ["flash_mha", "flash_mha_varlen", "ring_flash_mha", "ring_flash_mha_sharded", "attention_reference", "varlen_attention_reference",
+__all__ = ["flash_mha", "flash_mha_varlen", "flash_mha_segments", "segment_ids_from_lengths", "ring_flash_mha",
+           "ring_flash_mha_sharded", "attention_reference", "varlen_attention_reference",
            "dot_product_attention", "flax_attention_fn", "build_config", "has_kernel", "num_sms", "BINDING"]

@@ -438,11 +438,10 @@ def top_left_to_flash_window(seqlen_q, seqlen_k, is_causal, local_window_size):
     return left, right
 
 
-def _plan_dot_product_attention(query, key, value, bias, mask, scale, is_causal, query_seq_lengths,
-                                key_value_seq_lengths, local_window_size):
-    """flash_mha's arguments for a jax.nn.dot_product_attention call, or None to fall back."""
-    if bias is not None or mask is not None or query_seq_lengths is not None \
-            or key_value_seq_lengths is not None:
+def _plan_common(query, key, value, bias, mask, scale, is_causal):
+    """(q, k, v, scale or None) in flash_mha's 4-D layout when the kernels can take a
+    jax.nn.dot_product_attention call's arrays and options (masks aside), else None."""
+    if bias is not None or mask is not None:
         return None
     arrays = (query, key, value)
     if not all(hasattr(x, "shape") and hasattr(x, "dtype") for x in arrays):
@@ -462,16 +461,31 @@ def _plan_dot_product_attention(query, key, value, bias, mask, scale, is_causal,
         return None  # e.g. a traced scale
     if not isinstance(is_causal, (bool, np.bool_)):
         return None
+    if _kernel_missing(q) is not None:  # (kernels come in head-dim buckets)
+        return None
+    return q, k, v, None if scale is None else float(scale)
+
+
+def _plan_dot_product_attention(query, key, value, bias, mask, scale, is_causal, query_seq_lengths,
+                                key_value_seq_lengths, local_window_size):
+    """flash_mha's arguments for a jax.nn.dot_product_attention call without sequence
+    lengths, or None (sequence lengths: see _seqlens.lengths_attention)."""
+    if query_seq_lengths is not None or key_value_seq_lengths is not None:
+        return None
+    plan = _plan_common(query, key, value, bias, mask, scale, is_causal)
+    if plan is None:
+        return None
+    q, k, v, scale = plan
     if local_window_size is not None:
         if _is_int(local_window_size):
             local_window_size = (local_window_size, local_window_size)
         if not (isinstance(local_window_size, (tuple, list)) and len(local_window_size) == 2
                 and all(_is_int(w) and w >= 0 for w in local_window_size)):
             return None
-    window = top_left_to_flash_window(seqlen_q, k.shape[1], bool(is_causal), local_window_size)
-    if window is None or _kernel_missing(q) is not None:  # (kernels come in head-dim buckets)
+    window = top_left_to_flash_window(q.shape[1], k.shape[1], bool(is_causal), local_window_size)
+    if window is None:
         return None
-    return q, k, v, None if scale is None else float(scale), window
+    return q, k, v, scale, window
 
 
 def dot_product_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
@@ -481,18 +495,44 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *, scale=None
 
     The signature and semantics are jax.nn.dot_product_attention's (JAX 0.10):
     [batch, seq, heads, head_dim] (or unbatched [seq, heads, head_dim]) inputs,
-    grouped-query attention, `scale`, a top-left-aligned causal mask and
-    `local_window_size`, the residual (log-sum-exp, [batch, seq_q, heads] in
-    the inputs' dtype, no gradient) with `return_residual`.
+    grouped-query attention, `scale`, a top-left-aligned causal mask,
+    `local_window_size`, `query_seq_lengths` / `key_value_seq_lengths`, the
+    residual (log-sum-exp, [batch, seq_q, heads] in the inputs' dtype, no
+    gradient) with `return_residual`.
 
-    Runs flash_mha when it computes exactly the same attention: float16 or
-    bfloat16 inputs, head_dim <= 256, no `bias`, `mask` or sequence lengths,
-    and a causal mask / local window that flash_mha's bottom-right-aligned
-    window_size expresses with every query row seeing at least one key (always
-    when seqlen_q == seqlen_k; see top_left_to_flash_window). Every other call
-    goes to jax.nn.dot_product_attention unchanged, with `implementation`,
-    which is used only then.
+    The kernels run where they compute exactly the same attention, for
+    float16 or bfloat16 inputs with head_dim <= 256 and no `bias` or `mask`:
+
+    * Without sequence lengths, flash_mha, when the causal mask / local
+      window is one that flash_mha's bottom-right-aligned window_size
+      expresses with every query row seeing at least one key (always when
+      seqlen_q == seqlen_k; see top_left_to_flash_window).
+    * With sequence lengths (int32 [batch]; clipped to [0, seq], as jax.nn's
+      mask `index < length` treats them), flash_mha_varlen over the padded
+      rows as they lie, two sequences per row: the first Lq_b queries with
+      the first Lk_b keys (min(Lk_b, Lq_b) when causal), and the padding
+      after them, whose rows are zeroed as jax.nn zeroes them. This is exact
+      when no valid query row is left without a key (jax.nn averages all
+      values there, the kernels give zero) and, with is_causal, when the
+      kernels' per-sequence bottom-right causal mask is jax.nn's top-left
+      one: with is_causal Lk_b >= Lq_b in every row, without it Lk_b > 0
+      wherever Lq_b > 0. Concrete lengths are checked in Python; traced ones
+      by jax.lax.cond, whose other branch is jax.nn.dot_product_attention
+      (both are compiled; the result is always jax.nn's). Not with
+      `local_window_size` or `return_residual` (jax.nn then).
+
+    Every other call goes to jax.nn.dot_product_attention unchanged, with
+    `implementation`, which is used only there (and in that lax.cond branch).
     """
+    if query_seq_lengths is not None or key_value_seq_lengths is not None:
+        out = None
+        if bias is None and mask is None and local_window_size is None and not return_residual:
+            from ._seqlens import lengths_attention  # (it imports this module)
+
+            out = lengths_attention(query, key, value, scale, is_causal, query_seq_lengths,
+                                    key_value_seq_lengths, implementation)
+        if out is not None:
+            return out
     plan = _plan_dot_product_attention(query, key, value, bias, mask, scale, is_causal, query_seq_lengths,
                                        key_value_seq_lengths, local_window_size)
     if plan is None:
