@@ -230,3 +230,51 @@ extern "C" int jfa_varlen_bwd_shape_from_buffers(const jfa_buffer* b, size_t n,
   });
   return status != JFA_OK ? status : jfa_check_shape(s, err, err_len);
 }
+
+extern "C" int jfa_kvcache_fwd_shape_from_buffers(const jfa_buffer* b, size_t n, int paged,
+                                                  jfa_attention_shape* s,
+                                                  int64_t* max_blocks_per_seq,
+                                                  int64_t* page_block_size, char* err,
+                                                  size_t err_len) {
+  const int status = report(err, err_len, [&] {
+    if (n != 9) {
+      throw Invalid{"KV-cache forward takes 9 buffers (q, k_cache, v_cache, seqlens_k, "
+                    "block_table, alibi_slopes, out, softmax_lse, workspace), got " +
+                    std::to_string(n)};
+    }
+    // A paged cache has pages where a contiguous one has batch entries: check
+    // it as if it were a batch of pages, then restore the shape.
+    jfa_buffer q = b[0];
+    const int64_t pages = b[1].rank == 4 ? b[1].dims[0] : 0;
+    std::vector<int64_t> q_dims(q.dims, q.dims + (q.rank > 0 ? q.rank : 0));
+    if (paged && q.rank == 4) q_dims[0] = pages;
+    q.dims = q_dims.data();
+    const jfa_buffer qkv[] = {q, b[1], b[2]};
+    describe_qkv(qkv, s);
+    if (paged) {
+      s->batch = b[0].dims[0];
+      expect_tensor("block_table", b[4], kS32, {s->batch, b[4].rank == 2 ? b[4].dims[1] : -1});
+      *max_blocks_per_seq = b[4].dims[1];
+      *page_block_size = s->seqlen_k;
+      if (*max_blocks_per_seq <= 0) {
+        throw Invalid{"block_table: a paged cache needs at least one page per entry, got shape " +
+                      dims_str(b[4])};
+      }
+      s->seqlen_k = *max_blocks_per_seq * *page_block_size;
+    } else {
+      expect_dtype("block_table", b[4], kS32);
+      *max_blocks_per_seq = 0;
+      *page_block_size = 0;
+    }
+    expect_tensor("seqlens_k", b[3], kS32, {s->batch});
+    expect_alibi(b[5], s);
+    expect_tensor("out", b[6], b[0].xla_dtype, {s->batch, s->seqlen_q, s->num_heads, s->head_dim});
+    expect_tensor("softmax_lse", b[7], kF32, {s->batch, s->num_heads, s->seqlen_q});
+    expect_dtype("workspace", b[8], kF32);
+    if (b[8].rank != 1 || b[8].dims[0] < 1) {
+      throw Invalid{"workspace: expected a float32 vector of at least 1 element, got shape " +
+                    dims_str(b[8])};
+    }
+  });
+  return status != JFA_OK ? status : jfa_check_shape(s, err, err_len);
+}

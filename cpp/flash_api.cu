@@ -34,9 +34,20 @@ namespace FLASH_NAMESPACE {
   template <>                                                                                 \
   __attribute__((weak)) void run_mha_bwd_<T, D, true>(Flash_bwd_params&, cudaStream_t);
 
+// The split-KV kernel files (--//cpp:splitkv) instantiate these.
+#define JFA_DECLARE_SPLITKV_KERNELS(T, D)                                                     \
+  template <>                                                                                 \
+  __attribute__((weak)) void run_mha_fwd_splitkv_dispatch<T, D, false>(Flash_fwd_params&,     \
+                                                                       cudaStream_t);         \
+  template <>                                                                                 \
+  __attribute__((weak)) void run_mha_fwd_splitkv_dispatch<T, D, true>(Flash_fwd_params&,      \
+                                                                      cudaStream_t);
+
 #define JFA_FOR_EACH_HEAD_DIM(X, T) X(T, 32) X(T, 64) X(T, 96) X(T, 128) X(T, 192) X(T, 256)
 JFA_FOR_EACH_HEAD_DIM(JFA_DECLARE_KERNELS, cutlass::half_t)
 JFA_FOR_EACH_HEAD_DIM(JFA_DECLARE_KERNELS, cutlass::bfloat16_t)
+JFA_FOR_EACH_HEAD_DIM(JFA_DECLARE_SPLITKV_KERNELS, cutlass::half_t)
+JFA_FOR_EACH_HEAD_DIM(JFA_DECLARE_SPLITKV_KERNELS, cutlass::bfloat16_t)
 
 }  // namespace FLASH_NAMESPACE
 
@@ -50,6 +61,7 @@ using BwdFn = void (*)(Flash_bwd_params&, cudaStream_t);
 struct Kernels {
   FwdFn fwd[2];  // [is_causal]
   BwdFn bwd[2];
+  FwdFn splitkv[2];
 };
 
 class Error : public std::runtime_error {
@@ -74,7 +86,8 @@ template <typename T, int D>
 Kernels kernels_for() {
   using namespace FLASH_NAMESPACE;
   return {{&run_mha_fwd_<T, D, false>, &run_mha_fwd_<T, D, true>},
-          {&run_mha_bwd_<T, D, false>, &run_mha_bwd_<T, D, true>}};
+          {&run_mha_bwd_<T, D, false>, &run_mha_bwd_<T, D, true>},
+          {&run_mha_fwd_splitkv_dispatch<T, D, false>, &run_mha_fwd_splitkv_dispatch<T, D, true>}};
 }
 
 template <typename T>
@@ -87,7 +100,7 @@ Kernels kernels_for_dim(int64_t bucket) {
     case 192: return kernels_for<T, 192>();
     case 256: return kernels_for<T, 256>();
   }
-  return {{nullptr, nullptr}, {nullptr, nullptr}};
+  return {};
 }
 
 Kernels lookup(jfa_dtype dtype, int64_t head_dim) {
@@ -352,6 +365,98 @@ void mha_bwd(const jfa_bwd_args& a, cudaStream_t stream, const Varlen* varlen = 
   launch_check("flash attention backward launch");
 }
 
+// The split-KV kernels' tile sizes (flash_fwd_launch_template.h): 64 query
+// rows, and a key block that shrinks as the head dim grows.
+constexpr int64_t kSplitBlockM = 64;
+int64_t splitkv_block_n(int64_t head_dim) {
+  return head_dim <= 64 ? 256 : (head_dim <= 128 ? 128 : 64);
+}
+
+// FlashAttention-2's choice of splits: none when batch * heads * row blocks
+// already fill the GPU (two thread blocks per SM); else the fewest splits
+// whose wave efficiency is within 85% of the best, splits that give the same
+// key blocks per split as one fewer being skipped.
+int32_t splits_heuristic(const jfa_attention_shape& s, int num_sms) {
+  const int64_t work = s.batch * s.num_heads * ((s.seqlen_q + kSplitBlockM - 1) / kSplitBlockM);
+  const int64_t slots = 2 * static_cast<int64_t>(std::max(num_sms, 1));
+  if (work >= 0.8 * slots) return 1;
+  const int64_t block_n = splitkv_block_n(s.head_dim);
+  const int64_t n_blocks = (s.seqlen_k + block_n - 1) / block_n;
+  const int64_t most = std::min<int64_t>({128, slots, n_blocks});
+  auto blocks_per_split = [&](int64_t n) { return (n_blocks + n - 1) / n; };
+  auto eligible = [&](int64_t n) { return n == 1 || blocks_per_split(n) != blocks_per_split(n - 1); };
+  auto efficiency = [&](int64_t n) {
+    const double waves = static_cast<double>(work * n) / slots;
+    return waves / std::ceil(waves);
+  };
+  double best = 0;
+  for (int64_t n = 1; n <= most; ++n) {
+    if (eligible(n)) best = std::max(best, efficiency(n));
+  }
+  for (int64_t n = 1; n <= most; ++n) {
+    if (eligible(n) && efficiency(n) >= 0.85 * best) return static_cast<int32_t>(n);
+  }
+  return 1;
+}
+
+// The split kernels' float32 partial results: an lse and an output row per
+// split, [splits, batch, heads, seqlen_q] and [..., round32/64(head_dim)].
+int64_t kvcache_workspace(const jfa_attention_shape& s, int64_t splits) {
+  if (splits <= 1) return 1;
+  const int64_t rows = splits * s.batch * s.num_heads * s.seqlen_q;
+  return rows + rows * round_up(s.head_dim, s.head_dim <= 128 ? 32 : 64);
+}
+
+void mha_kvcache_fwd(const jfa_kvcache_fwd_args& a, cudaStream_t stream) {
+  const jfa_fwd_args& f = a.base;
+  const jfa_attention_shape& s = f.shape;
+  check_shape(s);
+  require(f.q && f.k && f.v && f.out && f.softmax_lse && a.seqlens_k && a.workspace,
+          "null tensor pointer in KV-cache arguments");
+  require(a.num_splits >= 1 && a.num_splits <= 128,
+          "num_splits must be in [1, 128], got " + std::to_string(a.num_splits));
+  const int64_t needed = kvcache_workspace(s, a.num_splits);
+  require(a.workspace_elems >= needed, "workspace has " + std::to_string(a.workspace_elems) +
+                                           " float32 elements, " + std::to_string(a.num_splits) +
+                                           " splits need " + std::to_string(needed));
+  if (a.block_table) {
+    require(a.page_block_size > 0 && a.page_block_size % 256 == 0,
+            "page_block_size must be a positive multiple of 256, got " +
+                std::to_string(a.page_block_size));
+    require(a.max_blocks_per_seq > 0 && a.max_blocks_per_seq * a.page_block_size == s.seqlen_k,
+            "a paged cache's seqlen_k must be max_blocks_per_seq * page_block_size");
+  }
+  const Kernels kernels = lookup(s.dtype, s.head_dim);
+  if (kernels.splitkv[0] == nullptr) {
+    throw Error(JFA_UNSUPPORTED, std::string("this build has no split-KV (KV-cache) kernel for ") +
+                                     dtype_name(s.dtype) + " with head_dim " +
+                                     std::to_string(s.head_dim) + " (build config: " +
+                                     jfa_build_config() + ")");
+  }
+  Flash_fwd_params p;
+  fill_fwd(p, s, f.q, f.k, f.v, f.out, f.softmax_lse, f.alibi_slopes, f.alibi_slopes_batch_stride);
+  // seqlens_k holds lengths, not offsets: each entry starts at its own batch
+  // stride (or pages) and uses its first seqlens_k[b] keys.
+  p.cu_seqlens_k = const_cast<int*>(a.seqlens_k);
+  p.is_seqlens_k_cumulative = false;
+  if (a.block_table) {
+    p.block_table = const_cast<int*>(a.block_table);
+    p.block_table_batch_stride = a.max_blocks_per_seq;
+    p.page_block_size = static_cast<int>(a.page_block_size);
+    p.k_batch_stride = p.v_batch_stride = a.page_block_size * p.k_row_stride;  // one page
+  } else {
+    p.page_block_size = 1;
+  }
+  p.num_splits = a.num_splits;
+  if (a.num_splits > 1) {
+    const int64_t rows = a.num_splits * s.batch * s.num_heads * s.seqlen_q;
+    p.softmax_lseaccum_ptr = a.workspace;
+    p.oaccum_ptr = a.workspace + rows;
+  }
+  kernels.splitkv[p.is_causal ? 1 : 0](p, stream);
+  launch_check("flash attention KV-cache forward launch");
+}
+
 // Runs `body`, turning any exception into a status and a message.
 template <typename F>
 int guarded(char* err, size_t err_len, F&& body) {
@@ -442,6 +547,26 @@ int jfa_mha_varlen_bwd(const jfa_varlen_bwd_args* args, void* stream, char* err,
     const Varlen varlen{args->cu_seqlens_q, args->cu_seqlens_k, args->total_q, args->total_k};
     mha_bwd(args->base, as_stream(stream), &varlen);
   });
+}
+
+int32_t jfa_kvcache_num_splits(const jfa_attention_shape* shape, int num_splits, int num_sms) {
+  if (num_splits > 0) return num_splits;
+  return splits_heuristic(*shape, num_sms);
+}
+
+int64_t jfa_kvcache_workspace_elems(const jfa_attention_shape* shape, int num_splits) {
+  return kvcache_workspace(*shape, num_splits);
+}
+
+int jfa_mha_kvcache_fwd(const jfa_kvcache_fwd_args* args, void* stream, char* err,
+                        size_t err_len) {
+  return guarded(err, err_len, [&] { mha_kvcache_fwd(*args, as_stream(stream)); });
+}
+
+int jfa_has_kvcache_kernel(jfa_dtype dtype, int64_t head_dim) {
+  if (dtype != JFA_FLOAT16 && dtype != JFA_BFLOAT16) return 0;
+  const Kernels k = lookup(dtype, head_dim);
+  return k.splitkv[0] && k.splitkv[1];
 }
 
 int jfa_has_kernel(jfa_dtype dtype, int64_t head_dim) {

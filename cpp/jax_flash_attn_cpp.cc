@@ -3,12 +3,16 @@
 //
 // The module's Python surface is the contract the Rust binding (rust/) keeps
 // too; python/frontend relies on nothing else:
-//   registrations()      {"fwd", "bwd", "varlen_fwd", "varlen_bwd": capsule} of XLA FFI handlers
-//   has_kernel(dtype, head_dim), build_config(), abi_version()
+//   registrations()      {"fwd", "bwd", "varlen_fwd", "varlen_bwd", "kvcache_fwd": capsule}
+//                        of XLA FFI handlers
+//   has_kernel(dtype, head_dim), has_kvcache_kernel(dtype, head_dim),
+//   build_config(), abi_version()
 //   bwd_workspace_elems(batch, seqlen_q, num_heads, head_dim, deterministic=False,
 //                       num_sms=0) -> (int, int)   (num_sms 0: ask num_sms())
 //   varlen_bwd_workspace_elems(batch, total_q, num_heads, head_dim, deterministic=False,
 //                              num_sms=0) -> (int, int)
+//   kvcache_splits(batch, seqlen_q, seqlen_k, num_heads, head_dim, num_splits,
+//                  num_sms) -> (splits, workspace_elems)   (num_splits 0: heuristic)
 //   num_sms(device=-1) -> int   (RuntimeError without a GPU)
 // All arguments are positional-only.
 //
@@ -25,6 +29,9 @@
 //                    cu_seqlens_k, alibi_slopes), rets (dq, dk, dv, dq_accum, softmax_d)
 //   varlen attrs:    the above plus max_seqlen_q s32, max_seqlen_k s32 (and
 //                    deterministic pred for the backward)
+//   KV-cache forward: args (q, k_cache, v_cache, seqlens_k, block_table, alibi_slopes),
+//                     rets (out, softmax_lse, workspace); attrs the six options
+//                     plus has_block_table pred, num_splits s32
 
 #include <cuda_runtime_api.h>
 #include <pybind11/pybind11.h>
@@ -211,6 +218,36 @@ ffi::Error FlashVarlenBwd(cudaStream_t stream, ffi::AnyBuffer dout, ffi::AnyBuff
   return to_ffi_error(status, err);
 }
 
+ffi::Error FlashKvcacheFwd(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k_cache,
+                           ffi::AnyBuffer v_cache, ffi::AnyBuffer seqlens_k,
+                           ffi::AnyBuffer block_table, ffi::AnyBuffer alibi_slopes,
+                           ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> lse,
+                           ffi::Result<ffi::AnyBuffer> workspace, float softmax_scale,
+                           bool is_causal, int32_t window_left, int32_t window_right,
+                           float softcap, bool has_alibi, bool has_block_table,
+                           int32_t num_splits) {
+  char err[kErrLen] = {0};
+  jfa_kvcache_fwd_args args{};
+  jfa_fwd_args& base = args.base;
+  base.shape = options(softmax_scale, is_causal, window_left, window_right, softcap, false);
+  const jfa_buffer buffers[] = {describe(q),           describe(k_cache),     describe(v_cache),
+                                describe(seqlens_k),   describe(block_table), describe(alibi_slopes),
+                                describe(*out),        describe(*lse),        describe(*workspace)};
+  int status = jfa_kvcache_fwd_shape_from_buffers(buffers, 9, has_block_table, &base.shape,
+                                                  &args.max_blocks_per_seq,
+                                                  &args.page_block_size, err, kErrLen);
+  if (status != JFA_OK) return to_ffi_error(status, err);
+  set_fwd_buffers(base, q, k_cache, v_cache, alibi_slopes, has_alibi, *out, *lse);
+  args.seqlens_k = static_cast<const int32_t*>(seqlens_k.untyped_data());
+  args.block_table =
+      has_block_table ? static_cast<const int32_t*>(block_table.untyped_data()) : nullptr;
+  args.num_splits = num_splits;
+  args.workspace = static_cast<float*>(workspace->untyped_data());
+  args.workspace_elems = static_cast<int64_t>(workspace->element_count());
+  status = jfa_mha_kvcache_fwd(&args, stream, err, kErrLen);
+  return to_ffi_error(status, err);
+}
+
 template <typename Binding>
 auto with_options(Binding binding) {
   return std::move(binding)
@@ -290,6 +327,22 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Attr<int32_t>("max_seqlen_k")
         .Attr<bool>("deterministic"));
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    JfaFlashKvcacheFwd, FlashKvcacheFwd,
+    with_options(ffi::Ffi::Bind()
+                     .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                     .Arg<ffi::AnyBuffer>()    // q
+                     .Arg<ffi::AnyBuffer>()    // k_cache (contiguous or paged)
+                     .Arg<ffi::AnyBuffer>()    // v_cache
+                     .Arg<ffi::AnyBuffer>()    // seqlens_k
+                     .Arg<ffi::AnyBuffer>()    // block_table
+                     .Arg<ffi::AnyBuffer>()    // alibi_slopes
+                     .Ret<ffi::AnyBuffer>()    // out
+                     .Ret<ffi::AnyBuffer>()    // softmax_lse
+                     .Ret<ffi::AnyBuffer>())   // workspace (split partial results)
+        .Attr<bool>("has_block_table")
+        .Attr<int32_t>("num_splits"));
+
 namespace {
 
 jfa_dtype parse_dtype(const std::string& name) {
@@ -341,10 +394,14 @@ PYBIND11_MODULE(_jax_flash_attn_cpp, m) {
     targets["bwd"] = py::capsule(reinterpret_cast<void*>(&JfaFlashBwd));
     targets["varlen_fwd"] = py::capsule(reinterpret_cast<void*>(&JfaFlashVarlenFwd));
     targets["varlen_bwd"] = py::capsule(reinterpret_cast<void*>(&JfaFlashVarlenBwd));
+    targets["kvcache_fwd"] = py::capsule(reinterpret_cast<void*>(&JfaFlashKvcacheFwd));
     return targets;
   });
   m.def("has_kernel", [](const std::string& dtype, int64_t head_dim) {
     return jfa_has_kernel(parse_dtype(dtype), head_dim) != 0;
+  });
+  m.def("has_kvcache_kernel", [](const std::string& dtype, int64_t head_dim) {
+    return jfa_has_kvcache_kernel(parse_dtype(dtype), head_dim) != 0;
   });
   m.def("build_config", [] { return std::string(jfa_build_config()); });
   m.def("abi_version", [] { return jfa_abi_version(); });
@@ -371,5 +428,29 @@ PYBIND11_MODULE(_jax_flash_attn_cpp, m) {
       },
       py::arg("batch"), py::arg("total_q"), py::arg("num_heads"), py::arg("head_dim"),
       py::arg("deterministic").noconvert() = false, py::arg("num_sms") = 0, py::pos_only());
+  m.def(
+      "kvcache_splits",
+      [](int64_t batch, int64_t seqlen_q, int64_t seqlen_k, int64_t num_heads, int64_t head_dim,
+         int64_t num_splits, int64_t num_sms) {
+        if (num_splits < 0 || num_splits > 128) {
+          throw py::value_error("num_splits must be 0 (choose) or in [1, 128], got " +
+                                std::to_string(num_splits));
+        }
+        if (num_sms <= 0 || num_sms > INT32_MAX) {
+          throw py::value_error("num_sms must be a positive SM count, got " +
+                                std::to_string(num_sms));
+        }
+        jfa_attention_shape s{};
+        s.batch = batch;
+        s.seqlen_q = seqlen_q;
+        s.seqlen_k = seqlen_k;
+        s.num_heads = num_heads;
+        s.head_dim = head_dim;
+        const int32_t splits = jfa_kvcache_num_splits(&s, static_cast<int>(num_splits),
+                                                      static_cast<int>(num_sms));
+        return py::make_tuple(splits, jfa_kvcache_workspace_elems(&s, splits));
+      },
+      py::arg("batch"), py::arg("seqlen_q"), py::arg("seqlen_k"), py::arg("num_heads"),
+      py::arg("head_dim"), py::arg("num_splits"), py::arg("num_sms"), py::pos_only());
   m.def("num_sms", &query_num_sms, py::arg("device") = -1, py::pos_only());
 }

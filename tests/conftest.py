@@ -42,6 +42,17 @@ def flash(request):
         raise
 
 
+def importable_extensions():
+    """{package name: binding extension} of the bindings whose packages import here."""
+    found = {}
+    for package in PACKAGES.values():
+        try:
+            found[package] = importlib.import_module(package)._binding.extension
+        except ImportError:
+            pass
+    return found
+
+
 def on_gpu():
     return jax.default_backend() == "gpu"
 

@@ -26,6 +26,7 @@ def test_same_kernel_library(both):
     for dtype in ("float16", "bfloat16"):
         for head_dim in (8, 32, 64, 100, 128, 200, 256):
             assert cpp.has_kernel(dtype, head_dim) == rust.has_kernel(dtype, head_dim)
+            assert cpp.has_kvcache_kernel(dtype, head_dim) == rust.has_kvcache_kernel(dtype, head_dim)
 
 
 def test_same_surface(both):
@@ -33,12 +34,16 @@ def test_same_surface(both):
     assert cpp.abi_version() == rust.abi_version()
     for shape in [(1, 1, 1, 8), (2, 100, 4, 72), (3, 1000, 16, 256)]:
         assert tuple(cpp.bwd_workspace_elems(*shape)) == tuple(rust.bwd_workspace_elems(*shape))
-    messages = []
-    for ext in (cpp, rust):
-        with pytest.raises(ValueError) as info:
-            ext.has_kernel("float32", 128)
-        messages.append(str(info.value))
-    assert messages[0] == messages[1]
+    for shape in [(1, 1, 4096, 16, 128, 0, 132), (7, 3, 1000, 2, 72, 0, 148), (2, 1, 512, 8, 256, 9, 132)]:
+        assert tuple(cpp.kvcache_splits(*shape)) == tuple(rust.kvcache_splits(*shape))
+    for bad in [lambda e: e.has_kernel("float32", 128), lambda e: e.has_kvcache_kernel("int8", 64),
+                lambda e: e.kvcache_splits(1, 1, 64, 1, 64, -1, 132), lambda e: e.kvcache_splits(1, 1, 64, 1, 64, 0, 0)]:
+        messages = []
+        for ext in (cpp, rust):
+            with pytest.raises(ValueError) as info:
+                bad(ext)
+            messages.append(str(info.value))
+        assert messages[0] == messages[1]
 
 
 def test_distinct_targets(both):

@@ -67,9 +67,9 @@ def test_cpu_lowering_has_no_custom_call(flash):
 def test_extension_surface(flash):
     ext = flash._binding.extension
     targets = ext.registrations()
-    assert set(targets) == {"fwd", "bwd", "varlen_fwd", "varlen_bwd"}
+    assert set(targets) == {"fwd", "bwd", "varlen_fwd", "varlen_bwd", "kvcache_fwd"}
     assert all(type(c).__name__ == "PyCapsule" for c in targets.values())
-    assert ext.abi_version() == 3
+    assert ext.abi_version() == 4
     assert flash.build_config().startswith("kernels: ")
     # The default build (and CI) compiles bfloat16 with head_dim 128.
     assert flash.has_kernel("bfloat16", 128)

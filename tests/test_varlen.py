@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import on_gpu, requires_gpu
+from conftest import importable_extensions, on_gpu, requires_gpu
 from numpy_oracle import numpy_alibi_bias, numpy_attention, numpy_mask
 from test_gpu import assert_close, need_kernel, poison_device_memory
 from test_lowering import cuda_hlo, custom_calls
@@ -166,12 +166,7 @@ def test_lowering_to_the_varlen_calls(flash):
 
 def test_both_bindings_register_varlen_and_size_its_workspace_alike():
     sizes = {}
-    for name in ("jax_flash_attn", "jflash_attn"):
-        try:
-            module = __import__(name)
-        except ImportError:
-            continue
-        ext = module._binding.extension
+    for name, ext in importable_extensions().items():
         assert {"fwd", "bwd", "varlen_fwd", "varlen_bwd"} <= set(ext.registrations())
         sizes[name] = [ext.varlen_bwd_workspace_elems(3, 100, 8, d, det, 132) for d in (64, 96, 256)
                        for det in (False, True)]

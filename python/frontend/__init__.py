@@ -18,7 +18,8 @@ the kernels to XLA (C++/pybind11 in jax_flash_attn, Rust/PyO3 in jflash_attn).
 
 from . import _binding
 from ._attention import dot_product_attention, flash_mha, flax_attention_fn
-from ._reference import attention_reference, varlen_attention_reference
+from ._kvcache import flash_mha_with_kvcache
+from ._reference import attention_reference, kvcache_attention_reference, varlen_attention_reference
 from ._ring import ring_flash_mha, ring_flash_mha_sharded
 from ._seqlens import flash_mha_segments, segment_ids_from_lengths
 from ._varlen import flash_mha_varlen
@@ -43,6 +44,6 @@ def num_sms(device=-1):
     return _binding.extension.num_sms(int(device))
 
 
-__all__ = ["flash_mha", "flash_mha_varlen", "flash_mha_segments", "segment_ids_from_lengths", "ring_flash_mha",
-           "ring_flash_mha_sharded", "attention_reference", "varlen_attention_reference",
+__all__ = ["flash_mha", "flash_mha_varlen", "flash_mha_segments", "segment_ids_from_lengths", "flash_mha_with_kvcache", "ring_flash_mha", "ring_flash_mha_sharded",
+           "attention_reference", "varlen_attention_reference", "kvcache_attention_reference",
            "dot_product_attention", "flax_attention_fn", "build_config", "has_kernel", "num_sms", "BINDING"]

@@ -105,6 +105,24 @@ def _attend(q, k, v, softmax_scale, softcap, mask, bias, compute_dtype):
     return out.astype(out_dtype), lse.astype(jnp.float32)
 
 
+def _within_window(mask, j, diagonal, left, right):
+    """mask, restricted to keys j in [diagonal - left, diagonal + right] around each
+    query's diagonal (a side of -1 is unbounded; sides normalized as the kernels do)."""
+    if left >= 0:
+        mask &= j >= diagonal - left
+    if right >= 0:
+        mask &= j <= diagonal + right
+    return mask
+
+
+def _kernel_alibi_distance(j, diagonal, left, right):
+    """alibi_distance with per-query diagonals: the key position j under the causal
+    mask (window (-1, 0)), else -|diagonal - j|; float32."""
+    if left < 0 and right == 0:
+        return j.astype(jnp.float32)
+    return -jnp.abs(diagonal - j).astype(jnp.float32)
+
+
 def sequence_positions(cu_seqlens, total):
     """For packed tokens 0..total-1: (sequence index, position in it, that
     sequence's length), int32 [total] each; tokens outside [cu_seqlens[0],
@@ -139,16 +157,42 @@ def varlen_attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_k
     diagonal = (pos_q + len_k - len_q)[:, None]  # bottom-right aligned per sequence
     j = pos_k[None, :]
     left, right = normalize_window(window_size, is_causal, max_seqlen_k)
-    mask = (seq_q[:, None] == seq_k[None, :]) & (seq_q[:, None] >= 0)
-    if left >= 0:
-        mask &= j >= diagonal - left
-    if right >= 0:
-        mask &= j <= diagonal + right
+    mask = _within_window((seq_q[:, None] == seq_k[None, :]) & (seq_q[:, None] >= 0), j, diagonal, left, right)
     bias = None
     if alibi_slopes is not None:
         batch, heads = cu_k.shape[0] - 1, q.shape[1]
         slopes = jnp.broadcast_to(jnp.asarray(alibi_slopes, jnp.float32), (batch, heads))[safe]  # [total_q, heads]
-        distance = j.astype(jnp.float32) if left < 0 and right == 0 else -jnp.abs(diagonal - j).astype(jnp.float32)
+        distance = _kernel_alibi_distance(j, diagonal, left, right)
         bias = jnp.swapaxes(slopes, 0, 1)[None, :, :, None], distance[None, None]
     out, lse = _attend(q[None], k[None], v[None], softmax_scale, softcap, mask, bias, compute_dtype)
     return out[0], lse[0]
+
+
+def kvcache_attention_reference(q, k_cache, v_cache, seqlens_k, block_table=None, softmax_scale=None,
+                                is_causal=False, window_size=(-1, -1), softcap=0.0, compute_dtype=None,
+                                alibi_slopes=None):
+    """attention_reference against a KV cache (flash_mha_with_kvcache's semantics).
+
+    q [batch, seqlen_q, heads, head_dim]; k_cache, v_cache [batch, capacity,
+    heads_k, head_dim], or with block_table (int32 [batch, max_blocks]) pages
+    [num_blocks, page_size, heads_k, head_dim] of which entry b's key t is in
+    page block_table[b, t // page_size]. Entry b attends to its first
+    seqlens_k[b] keys, with the causal mask, window and ALiBi aligned to that
+    length; window sides >= capacity are unbounded. Returns (out, lse [batch,
+    heads, seqlen_q]).
+    """
+    if block_table is not None:
+        pages = lambda cache: cache[block_table].reshape((q.shape[0], -1) + cache.shape[2:])
+        k_cache, v_cache = pages(k_cache), pages(v_cache)
+    seqlen_q, capacity = q.shape[1], k_cache.shape[1]
+    lengths = jnp.broadcast_to(jnp.asarray(seqlens_k, jnp.int32), (q.shape[0],))[:, None, None]
+    diagonal = jnp.arange(seqlen_q)[None, :, None] + lengths - seqlen_q  # [batch, seqlen_q, 1]
+    j = jnp.arange(capacity)[None, None, :]
+    left, right = normalize_window(window_size, is_causal, capacity)
+    mask = _within_window(j < lengths, j, diagonal, left, right)
+    bias = None
+    if alibi_slopes is not None:
+        slopes = jnp.broadcast_to(jnp.asarray(alibi_slopes, jnp.float32), (q.shape[0], q.shape[2]))
+        distance = jnp.broadcast_to(_kernel_alibi_distance(j, diagonal, left, right), mask.shape)
+        bias = slopes[:, :, None, None], distance[:, None]
+    return _attend(q, k_cache, v_cache, softmax_scale, softcap, mask[:, None], bias, compute_dtype)

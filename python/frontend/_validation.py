@@ -2,6 +2,7 @@
 
 import math
 import numbers
+import types
 
 import jax.numpy as jnp
 import numpy as np
@@ -144,3 +145,77 @@ def check_cu_seqlens(name, cu_seqlens, total, max_seqlen, batch=None):
         raise ValueError(f"flash_mha_varlen: {name} has a sequence of {lengths.max()} tokens, more than "
                          f"max_seqlen {max_seqlen}")
     return jnp.asarray(cu_seqlens)
+
+
+def check_kvcache_args(q, k_cache, v_cache, k, v, cache_seqlens, block_table, num_splits):
+    """Checks flash_mha_with_kvcache's arrays; returns (capacity, page_size or None)."""
+    name = "flash_mha_with_kvcache"
+    for arg, x in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            raise TypeError(f"{name}: {arg} must be an array, got {type(x).__name__}")
+        if x.ndim != 4:
+            raise ValueError(f"{name}: {arg} must have rank 4, got shape {tuple(x.shape)}")
+    if k_cache.shape != v_cache.shape:
+        raise ValueError(f"{name}: k_cache and v_cache must have the same shape, got "
+                         f"{tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
+    batch = q.shape[0]
+    page_size = None
+    if block_table is not None:
+        if not hasattr(block_table, "dtype") or jnp.dtype(block_table.dtype) != jnp.dtype(jnp.int32) \
+                or block_table.ndim != 2 or block_table.shape[0] != batch or block_table.shape[1] == 0:
+            raise ValueError(f"{name}: block_table must be an int32 array [batch, max_blocks_per_seq] = "
+                             f"[{batch}, >= 1], got {getattr(block_table, 'dtype', type(block_table).__name__)} "
+                             f"{tuple(getattr(block_table, 'shape', ()))}")
+        page_size = k_cache.shape[1]
+        if page_size % 256:
+            raise ValueError(f"{name}: a paged cache's page size (k_cache.shape[1]) must be a multiple of 256 "
+                             f"(the kernels' key tiles must not straddle pages), got {page_size}")
+        _check_concrete_range(name, "block_table", block_table, 0, k_cache.shape[0] - 1, "page indices")
+        capacity = block_table.shape[1] * page_size
+        cache_as_batch = (batch,) + k_cache.shape[1:]  # check the rest as for a contiguous cache
+    else:
+        capacity = k_cache.shape[1]
+        cache_as_batch = k_cache.shape
+    try:
+        shaped = lambda x: types.SimpleNamespace(shape=cache_as_batch, dtype=x.dtype, ndim=4)
+        check_qkv(q, shaped(k_cache), shaped(v_cache))
+    except (TypeError, ValueError) as e:
+        raise type(e)(str(e).replace("flash_mha:", f"{name}:").replace(" k ", " k_cache ")
+                      .replace("seqlen of k", "cache capacity")) from None
+    if (k is None) != (v is None):
+        raise ValueError(f"{name}: k and v (the new keys and values) must be given together")
+    if k is not None:
+        if cache_seqlens is None:
+            raise ValueError(f"{name}: appending k and v needs cache_seqlens (where to write them)")
+        for arg, x in (("k", k), ("v", v)):
+            expected = (batch, None) + tuple(k_cache.shape[2:])
+            if not hasattr(x, "shape") or x.ndim != 4 or x.shape[0] != batch or x.shape[2:] != k_cache.shape[2:] \
+                    or x.shape[1] == 0 or jnp.dtype(x.dtype) != jnp.dtype(q.dtype):
+                raise ValueError(f"{name}: {arg} must be a {jnp.dtype(q.dtype).name} array "
+                                 f"[batch, new tokens, heads_k, head_dim] = {expected}, got "
+                                 f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")
+        if k.shape != v.shape:
+            raise ValueError(f"{name}: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if cache_seqlens is not None and not isinstance(cache_seqlens, numbers.Integral):
+        if not hasattr(cache_seqlens, "dtype") or jnp.dtype(cache_seqlens.dtype) != jnp.dtype(jnp.int32) \
+                or tuple(cache_seqlens.shape) not in ((), (batch,)):
+            raise ValueError(f"{name}: cache_seqlens must be an int or an int32 array [batch] = [{batch}], got "
+                             f"{getattr(cache_seqlens, 'dtype', type(cache_seqlens).__name__)} "
+                             f"{tuple(getattr(cache_seqlens, 'shape', ()))}")
+    if cache_seqlens is not None:
+        new = 0 if k is None else k.shape[1]
+        _check_concrete_range(name, "cache_seqlens", cache_seqlens, 0, capacity - new,
+                              f"lengths (the cache holds {capacity} keys" + (f", {new} are appended)" if new else ")"))
+    if isinstance(num_splits, bool) or not isinstance(num_splits, numbers.Integral) or not 0 <= num_splits <= 128:
+        raise ValueError(f"{name}: num_splits must be an int in [0, 128] (0: chosen for the GPU), got {num_splits!r}")
+    return capacity, page_size
+
+
+def _check_concrete_range(name, arg, x, lo, hi, what):
+    """Concrete values must lie in [lo, hi]; traced ones are made safe by the caller."""
+    try:
+        values = np.asarray(x)
+    except Exception:  # traced
+        return
+    if values.size and (values.min() < lo or values.max() > hi):
+        raise ValueError(f"{name}: {arg} must hold {what} in [{lo}, {hi}], got {values.tolist()}")

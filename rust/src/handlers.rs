@@ -1,7 +1,7 @@
 //! The XLA FFI handlers, forward and backward, dense and varlen (packed
-//! sequences), as in the C++ binding (cpp/jax_flash_attn_cpp.cc): decode the
-//! call, let the C ABI validate the buffers and derive the shape, launch the
-//! kernel on XLA's stream.
+//! sequences), and the KV-cache (decoding) forward, as in the C++ binding
+//! (cpp/jax_flash_attn_cpp.cc): decode the call, let the C ABI validate the
+//! buffers and derive the shape, launch the kernel on XLA's stream.
 //!
 //!   forward:  args (q, k, v, alibi_slopes), rets (out, softmax_lse)
 //!   backward: args (dout, q, k, v, out, softmax_lse, alibi_slopes),
@@ -10,20 +10,24 @@
 //!                    rets (out, softmax_lse)
 //!   varlen backward: args (dout, q, k, v, out, softmax_lse, cu_seqlens_q,
 //!                    cu_seqlens_k, alibi_slopes), rets as the backward's
+//!   KV-cache forward: args (q, k_cache, v_cache, seqlens_k, block_table,
+//!                     alibi_slopes), rets (out, softmax_lse, workspace)
 //!   attrs:    softmax_scale f32, is_causal pred, window_left s32,
 //!             window_right s32, softcap f32, has_alibi pred;
 //!             the varlen ones' then max_seqlen_q s32, max_seqlen_k s32;
-//!             the backwards' last deterministic pred
+//!             the backwards' last deterministic pred;
+//!             the KV-cache one's then has_block_table pred, num_splits s32
 //!
-//! alibi_slopes is always a float32 [batch, heads] buffer; the kernels read
-//! it only when has_alibi is set.
+//! alibi_slopes is always a float32 [batch, heads] buffer, block_table an
+//! int32 [batch, max_blocks_per_seq] one; the kernels read them only when
+//! has_alibi / has_block_table is set.
 
 use std::ffi::c_void;
 
 use crate::call_frame::{self, FfiError, Operands, Scalar, Signature};
 use crate::kernels::{
-    self, AttentionShape, BwdArgs, CAbi, Failure, FwdArgs, JfaBuffer, KernelLib, VarlenBwdArgs,
-    VarlenFwdArgs,
+    self, AttentionShape, BwdArgs, CAbi, Failure, FwdArgs, JfaBuffer, KernelLib, KvcacheFwdArgs,
+    VarlenBwdArgs, VarlenFwdArgs,
 };
 use crate::xla_ffi::{self as xla, Buffer, CallFrame};
 
@@ -52,11 +56,14 @@ const VARLEN_BWD_ATTRS: [(&str, xla::DataType); 9] = attrs![
     ("max_seqlen_k", xla::S32),
     ("deterministic", xla::PRED),
 ];
+const KVCACHE_FWD_ATTRS: [(&str, xla::DataType); 8] =
+    attrs![("has_block_table", xla::PRED), ("num_splits", xla::S32)];
 
 pub static FWD: Signature = Signature { args: 4, rets: 2, attrs: &FWD_ATTRS };
 pub static BWD: Signature = Signature { args: 7, rets: 5, attrs: &BWD_ATTRS };
 pub static VARLEN_FWD: Signature = Signature { args: 6, rets: 2, attrs: &VARLEN_FWD_ATTRS };
 pub static VARLEN_BWD: Signature = Signature { args: 9, rets: 5, attrs: &VARLEN_BWD_ATTRS };
+pub static KVCACHE_FWD: Signature = Signature { args: 6, rets: 3, attrs: &KVCACHE_FWD_ATTRS };
 
 /// The forward handler XLA calls (registered as jflash_attn_rust_fwd).
 pub unsafe extern "C" fn flash_fwd(frame: *mut CallFrame) -> *mut xla::Error {
@@ -76,6 +83,11 @@ pub unsafe extern "C" fn flash_varlen_fwd(frame: *mut CallFrame) -> *mut xla::Er
 /// The varlen backward handler (registered as jflash_attn_rust_varlen_bwd).
 pub unsafe extern "C" fn flash_varlen_bwd(frame: *mut CallFrame) -> *mut xla::Error {
     varlen_bwd_with(&CAbi, frame)
+}
+
+/// The KV-cache forward handler (registered as jflash_attn_rust_kvcache_fwd).
+pub unsafe extern "C" fn flash_kvcache_fwd(frame: *mut CallFrame) -> *mut xla::Error {
+    kvcache_fwd_with(&CAbi, frame)
 }
 
 /// # Safety
@@ -100,6 +112,12 @@ pub unsafe fn varlen_fwd_with(lib: &impl KernelLib, frame: *mut CallFrame) -> *m
 /// As `call_frame::handle`.
 pub unsafe fn varlen_bwd_with(lib: &impl KernelLib, frame: *mut CallFrame) -> *mut xla::Error {
     call_frame::handle(frame, &VARLEN_BWD, |ops| varlen_bwd(lib, ops))
+}
+
+/// # Safety
+/// As `call_frame::handle`.
+pub unsafe fn kvcache_fwd_with(lib: &impl KernelLib, frame: *mut CallFrame) -> *mut xla::Error {
+    call_frame::handle(frame, &KVCACHE_FWD, |ops| kvcache_fwd(lib, ops))
 }
 
 /// The C ABI status mapped to XLA's codes, as the C++ binding maps it.
@@ -173,7 +191,8 @@ fn describe_all(ops: &Operands) -> Vec<JfaBuffer> {
 }
 
 /// The forward's arguments: q, k, v first among the args, the slopes the
-/// `alibi_index`-th (the varlen call has cu_seqlens_q/k before them).
+/// `alibi_index`-th (the varlen call has cu_seqlens_q/k before them, the
+/// KV-cache one seqlens_k and block_table).
 fn fwd_args(ops: &Operands, shape: AttentionShape, alibi_index: usize, has_alibi: bool) -> FwdArgs {
     let [q, k, v] = [0, 1, 2].map(|i| ops.args[i].data as *const c_void);
     FwdArgs {
@@ -211,8 +230,8 @@ fn bwd_args(ops: &Operands, shape: AttentionShape, alibi_index: usize, has_alibi
     }
 }
 
-/// An int32 cu_seqlens buffer's device pointer.
-fn cu_seqlens(b: &Buffer) -> *const i32 {
+/// An int32 buffer's device pointer (cu_seqlens, seqlens_k, block_table).
+fn int32_data(b: &Buffer) -> *const i32 {
     b.data as *const i32
 }
 
@@ -238,8 +257,8 @@ fn varlen_fwd(lib: &impl KernelLib, ops: &Operands) -> Result<(), FfiError> {
         lib.varlen_fwd_shape(&describe_all(ops), &mut shape).map_err(to_ffi_error)?;
     let args = VarlenFwdArgs {
         base: fwd_args(ops, shape, 5, has_alibi),
-        cu_seqlens_q: cu_seqlens(ops.args[3]),
-        cu_seqlens_k: cu_seqlens(ops.args[4]),
+        cu_seqlens_q: int32_data(ops.args[3]),
+        cu_seqlens_k: int32_data(ops.args[4]),
         total_q,
         total_k,
     };
@@ -253,11 +272,37 @@ fn varlen_bwd(lib: &impl KernelLib, ops: &Operands) -> Result<(), FfiError> {
         lib.varlen_bwd_shape(&describe_all(ops), &mut shape).map_err(to_ffi_error)?;
     let args = VarlenBwdArgs {
         base: bwd_args(ops, shape, 8, has_alibi),
-        cu_seqlens_q: cu_seqlens(ops.args[6]),
-        cu_seqlens_k: cu_seqlens(ops.args[7]),
+        cu_seqlens_q: int32_data(ops.args[6]),
+        cu_seqlens_k: int32_data(ops.args[7]),
         total_q,
         total_k,
     };
     // SAFETY: as in varlen_fwd.
     unsafe { lib.mha_varlen_bwd(&args, ops.stream) }.map_err(to_ffi_error)
+}
+
+fn kvcache_fwd(lib: &impl KernelLib, ops: &Operands) -> Result<(), FfiError> {
+    // options() reads the common six; this call's own two follow them.
+    let (common, own) = ops.attrs.split_at(FWD_ATTRS.len());
+    let &[Scalar::Pred(has_block_table), Scalar::S32(num_splits)] = own else {
+        unreachable!("attributes are decoded per KVCACHE_FWD_ATTRS");
+    };
+    let (mut shape, has_alibi) = options(common);
+    let (max_blocks_per_seq, page_block_size) = lib
+        .kvcache_fwd_shape(&describe_all(ops), has_block_table, &mut shape)
+        .map_err(to_ffi_error)?;
+    let block_table = if has_block_table { int32_data(ops.args[4]) } else { std::ptr::null() };
+    let args = KvcacheFwdArgs {
+        base: fwd_args(ops, shape, 5, has_alibi),
+        seqlens_k: int32_data(ops.args[3]),
+        block_table,
+        max_blocks_per_seq,
+        page_block_size,
+        num_splits,
+        workspace: ops.rets[2].data as *mut f32,
+        workspace_elems: elements(ops.rets[2]),
+    };
+    // SAFETY: as in fwd; the C ABI checked seqlens_k, the block table and the
+    // workspace, and checks num_splits and the workspace's size itself.
+    unsafe { lib.mha_kvcache_fwd(&args, ops.stream) }.map_err(to_ffi_error)
 }

@@ -11,7 +11,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 
-pub const JFA_ABI_VERSION: c_int = 3;
+pub const JFA_ABI_VERSION: c_int = 4;
 
 // jfa_status
 pub const JFA_OK: c_int = 0;
@@ -92,6 +92,21 @@ pub struct VarlenBwdArgs {
     pub total_k: i64,
 }
 
+/// Decoding against a KV cache: `base` with the caches as k and v (paged or
+/// not), plus the int32 [batch] cache lengths, the block table (NULL unless
+/// paged) and the split kernels' float32 workspace.
+#[repr(C)]
+pub struct KvcacheFwdArgs {
+    pub base: FwdArgs,
+    pub seqlens_k: *const i32,
+    pub block_table: *const i32,
+    pub max_blocks_per_seq: i64,
+    pub page_block_size: i64,
+    pub num_splits: i32,
+    pub workspace: *mut f32,
+    pub workspace_elems: i64,
+}
+
 /// A buffer as XLA describes it: dtype code, rank, dims.
 #[repr(C)]
 pub struct JfaBuffer {
@@ -133,6 +148,22 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
+    pub fn jfa_kvcache_fwd_shape_from_buffers(
+        buffers: *const JfaBuffer,
+        num_buffers: usize,
+        paged: c_int,
+        shape: *mut AttentionShape,
+        max_blocks_per_seq: *mut i64,
+        page_block_size: *mut i64,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    pub fn jfa_kvcache_num_splits(
+        shape: *const AttentionShape,
+        num_splits: c_int,
+        num_sms: c_int,
+    ) -> i32;
+    pub fn jfa_kvcache_workspace_elems(shape: *const AttentionShape, num_splits: c_int) -> i64;
     pub fn jfa_bwd_workspace_elems(
         shape: *const AttentionShape,
         num_sms: c_int,
@@ -178,6 +209,13 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
+    pub fn jfa_mha_kvcache_fwd(
+        args: *const KvcacheFwdArgs,
+        cuda_stream: *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    pub fn jfa_has_kvcache_kernel(dtype: c_int, head_dim: i64) -> c_int;
     pub fn jfa_has_kernel(dtype: c_int, head_dim: i64) -> c_int;
     pub fn jfa_build_config() -> *const c_char;
     pub fn jfa_abi_version() -> c_int;
@@ -240,6 +278,22 @@ pub trait KernelLib {
     unsafe fn mha_varlen_bwd(
         &self,
         args: &VarlenBwdArgs,
+        stream: *mut c_void,
+    ) -> Result<(), Failure>;
+    /// The KV-cache forward's buffers, the block table read only when
+    /// `paged`; also gives (max_blocks_per_seq, page_block_size), (0, 0) if not.
+    fn kvcache_fwd_shape(
+        &self,
+        buffers: &[JfaBuffer],
+        paged: bool,
+        shape: &mut AttentionShape,
+    ) -> Result<(i64, i64), Failure>;
+    /// # Safety
+    /// As `mha_fwd`; seqlens_k holds batch lengths within the cache, the
+    /// block table (if any) page indices within it.
+    unsafe fn mha_kvcache_fwd(
+        &self,
+        args: &KvcacheFwdArgs,
         stream: *mut c_void,
     ) -> Result<(), Failure>;
 }
@@ -326,5 +380,36 @@ impl KernelLib for CAbi {
         stream: *mut c_void,
     ) -> Result<(), Failure> {
         with_err(|err, len| jfa_mha_varlen_bwd(args, stream, err, len))
+    }
+
+    fn kvcache_fwd_shape(
+        &self,
+        buffers: &[JfaBuffer],
+        paged: bool,
+        shape: &mut AttentionShape,
+    ) -> Result<(i64, i64), Failure> {
+        let (mut max_blocks_per_seq, mut page_block_size) = (0, 0);
+        // SAFETY: as in varlen_shape.
+        with_err(|err, len| unsafe {
+            jfa_kvcache_fwd_shape_from_buffers(
+                buffers.as_ptr(),
+                buffers.len(),
+                paged as c_int,
+                shape,
+                &mut max_blocks_per_seq,
+                &mut page_block_size,
+                err,
+                len,
+            )
+        })?;
+        Ok((max_blocks_per_seq, page_block_size))
+    }
+
+    unsafe fn mha_kvcache_fwd(
+        &self,
+        args: &KvcacheFwdArgs,
+        stream: *mut c_void,
+    ) -> Result<(), Failure> {
+        with_err(|err, len| jfa_mha_kvcache_fwd(args, stream, err, len))
     }
 }

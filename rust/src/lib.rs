@@ -3,13 +3,16 @@
 //!
 //! Its Python surface is the C++ binding's (cpp/jax_flash_attn_cpp.cc), on
 //! which python/frontend relies:
-//!   registrations()      {"fwd", "bwd", "varlen_fwd", "varlen_bwd": capsule}
+//!   registrations()      {"fwd", "bwd", "varlen_fwd", "varlen_bwd", "kvcache_fwd": capsule}
 //!                        of XLA FFI handlers
-//!   has_kernel(dtype, head_dim), build_config(), abi_version()
+//!   has_kernel(dtype, head_dim), has_kvcache_kernel(dtype, head_dim),
+//!   build_config(), abi_version()
 //!   bwd_workspace_elems(batch, seqlen_q, num_heads, head_dim, deterministic=False,
 //!                       num_sms=0) -> (int, int)   (num_sms 0: ask num_sms())
 //!   varlen_bwd_workspace_elems(batch, total_q, num_heads, head_dim,
 //!                              deterministic=False, num_sms=0) -> (int, int)
+//!   kvcache_splits(batch, seqlen_q, seqlen_k, num_heads, head_dim, num_splits,
+//!                  num_sms) -> (splits, workspace_elems)   (num_splits 0: heuristic)
 //!   num_sms(device=-1) -> int   (RuntimeError without a GPU)
 //! All arguments are positional-only.
 //!
@@ -35,7 +38,9 @@ mod python {
     use pyo3::prelude::*;
     use pyo3::types::{PyByteArray, PyBytes, PyDict};
 
-    use crate::handlers::{flash_bwd, flash_fwd, flash_varlen_bwd, flash_varlen_fwd};
+    use crate::handlers::{
+        flash_bwd, flash_fwd, flash_kvcache_fwd, flash_varlen_bwd, flash_varlen_fwd,
+    };
     use crate::kernels::{self, AttentionShape};
     use crate::xla_ffi::Handler;
 
@@ -57,6 +62,7 @@ mod python {
         targets.set_item("bwd", capsule(py, flash_bwd)?)?;
         targets.set_item("varlen_fwd", capsule(py, flash_varlen_fwd)?)?;
         targets.set_item("varlen_bwd", capsule(py, flash_varlen_bwd)?)?;
+        targets.set_item("kvcache_fwd", capsule(py, flash_kvcache_fwd)?)?;
         Ok(targets)
     }
 
@@ -100,6 +106,17 @@ mod python {
         let dtype = parse_dtype(&dtype)?;
         // SAFETY: a pure query of the library.
         Ok(unsafe { kernels::jfa_has_kernel(dtype, head_dim) } != 0)
+    }
+
+    #[pyfunction]
+    #[pyo3(signature = (dtype, head_dim, /))]
+    fn has_kvcache_kernel(
+        #[pyo3(from_py_with = string_arg)] dtype: String,
+        #[pyo3(from_py_with = int64_arg)] head_dim: i64,
+    ) -> PyResult<bool> {
+        let dtype = parse_dtype(&dtype)?;
+        // SAFETY: a pure query of the library.
+        Ok(unsafe { kernels::jfa_has_kvcache_kernel(dtype, head_dim) } != 0)
     }
 
     #[pyfunction]
@@ -201,6 +218,36 @@ mod python {
     }
 
     #[pyfunction]
+    #[pyo3(signature = (batch, seqlen_q, seqlen_k, num_heads, head_dim, num_splits, num_sms, /))]
+    fn kvcache_splits(
+        #[pyo3(from_py_with = int64_arg)] batch: i64,
+        #[pyo3(from_py_with = int64_arg)] seqlen_q: i64,
+        #[pyo3(from_py_with = int64_arg)] seqlen_k: i64,
+        #[pyo3(from_py_with = int64_arg)] num_heads: i64,
+        #[pyo3(from_py_with = int64_arg)] head_dim: i64,
+        #[pyo3(from_py_with = int64_arg)] num_splits: i64,
+        #[pyo3(from_py_with = int64_arg)] num_sms: i64,
+    ) -> PyResult<(i32, i64)> {
+        if !(0..=128).contains(&num_splits) {
+            return Err(PyValueError::new_err(format!(
+                "num_splits must be 0 (choose) or in [1, 128], got {num_splits}"
+            )));
+        }
+        if !(1..=i32::MAX as i64).contains(&num_sms) {
+            return Err(PyValueError::new_err(format!(
+                "num_sms must be a positive SM count, got {num_sms}"
+            )));
+        }
+        let shape =
+            AttentionShape { batch, seqlen_q, seqlen_k, num_heads, head_dim, ..Default::default() };
+        // SAFETY: pure computations on a local.
+        Ok(unsafe {
+            let splits = kernels::jfa_kvcache_num_splits(&shape, num_splits as i32, num_sms as i32);
+            (splits, kernels::jfa_kvcache_workspace_elems(&shape, splits))
+        })
+    }
+
+    #[pyfunction]
     #[pyo3(signature = (device=-1, /))]
     fn num_sms(#[pyo3(from_py_with = int64_arg)] device: i64) -> PyResult<i64> {
         query_num_sms(device)
@@ -211,10 +258,12 @@ mod python {
     fn _jflash_attn_rust(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add_function(wrap_pyfunction!(registrations, m)?)?;
         m.add_function(wrap_pyfunction!(has_kernel, m)?)?;
+        m.add_function(wrap_pyfunction!(has_kvcache_kernel, m)?)?;
         m.add_function(wrap_pyfunction!(build_config, m)?)?;
         m.add_function(wrap_pyfunction!(abi_version, m)?)?;
         m.add_function(wrap_pyfunction!(bwd_workspace_elems, m)?)?;
         m.add_function(wrap_pyfunction!(varlen_bwd_workspace_elems, m)?)?;
+        m.add_function(wrap_pyfunction!(kvcache_splits, m)?)?;
         m.add_function(wrap_pyfunction!(num_sms, m)?)?;
         Ok(())
     }

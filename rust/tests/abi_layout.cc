@@ -48,6 +48,11 @@ const jfa_rust_layout_entry jfa_rust_layout[] = {
     SIZE(jfa_varlen_bwd_args), FIELD(jfa_varlen_bwd_args, base),
     FIELD(jfa_varlen_bwd_args, cu_seqlens_q), FIELD(jfa_varlen_bwd_args, cu_seqlens_k),
     FIELD(jfa_varlen_bwd_args, total_q), FIELD(jfa_varlen_bwd_args, total_k),
+    SIZE(jfa_kvcache_fwd_args), FIELD(jfa_kvcache_fwd_args, base),
+    FIELD(jfa_kvcache_fwd_args, seqlens_k), FIELD(jfa_kvcache_fwd_args, block_table),
+    FIELD(jfa_kvcache_fwd_args, max_blocks_per_seq), FIELD(jfa_kvcache_fwd_args, page_block_size),
+    FIELD(jfa_kvcache_fwd_args, num_splits), FIELD(jfa_kvcache_fwd_args, workspace),
+    FIELD(jfa_kvcache_fwd_args, workspace_elems),
     SIZE(jfa_buffer), FIELD(jfa_buffer, rank), FIELD(jfa_buffer, dims),
     // c_api.h
     VALUE(XLA_FFI_API_MAJOR), VALUE(XLA_FFI_API_MINOR),
@@ -111,6 +116,13 @@ static_assert(same<decltype(jfa_varlen_fwd_shape_from_buffers),
 static_assert(same<decltype(jfa_varlen_bwd_shape_from_buffers),
                    int(const jfa_buffer*, size_t, jfa_attention_shape*, int64_t*, int64_t*,
                        char*, size_t)>);
+static_assert(same<decltype(jfa_kvcache_fwd_shape_from_buffers),
+                   int(const jfa_buffer*, size_t, int, jfa_attention_shape*, int64_t*, int64_t*,
+                       char*, size_t)>);
+static_assert(
+    same<decltype(jfa_kvcache_num_splits), int32_t(const jfa_attention_shape*, int, int)>);
+static_assert(
+    same<decltype(jfa_kvcache_workspace_elems), int64_t(const jfa_attention_shape*, int)>);
 static_assert(same<decltype(jfa_bwd_workspace_elems),
                    void(const jfa_attention_shape*, int, int64_t*, int64_t*)>);
 static_assert(same<decltype(jfa_varlen_bwd_workspace_elems),
@@ -123,6 +135,9 @@ static_assert(
     same<decltype(jfa_mha_varlen_fwd), int(const jfa_varlen_fwd_args*, void*, char*, size_t)>);
 static_assert(
     same<decltype(jfa_mha_varlen_bwd), int(const jfa_varlen_bwd_args*, void*, char*, size_t)>);
+static_assert(
+    same<decltype(jfa_mha_kvcache_fwd), int(const jfa_kvcache_fwd_args*, void*, char*, size_t)>);
+static_assert(same<decltype(jfa_has_kvcache_kernel), int(jfa_dtype, int64_t)>);
 static_assert(same<decltype(jfa_has_kernel), int(jfa_dtype, int64_t)>);
 static_assert(same<decltype(jfa_build_config), const char*()>);
 static_assert(same<decltype(jfa_abi_version), int()>);

@@ -4,9 +4,10 @@
 # stays within a call's time limit. Logs go to $OUT (default /tmp/gpu-check).
 #
 #   SDIST=flash_attn-2.8.3.post2.tar.gz RUST_WHEEL=jflash_attn-...whl \
-#   tests/device/gpu_check.sh build suite   # ~5 min on 16 cores, then the suite, both bindings
+#   tests/device/gpu_check.sh build suite   # ~7 min on 16 cores, then the suite (~5 min), both bindings
 #   tests/device/gpu_check.sh sanitize      # memcheck, racecheck, error report
 #   [FA3_WHEEL=flash_attn3_jax-...whl] tests/device/gpu_check.sh bench   # every method, side by side
+#   tests/device/gpu_check.sh decode        # single-token decoding against a KV cache
 #
 # `build` compiles the C++ package for this host's Python (tests/device/gpu_build.py)
 # and pip-installs the Bazel-built Rust wheel (abi3) into that Python's
@@ -20,7 +21,7 @@ py=${PYTHON:-python3}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH=$PWD/build/site
 
-[ $# -gt 0 ] || { sed -n '2,9p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,10p' "$0"; exit 2; }
 for phase in "$@"; do
 case "$phase" in
   build)
@@ -48,6 +49,9 @@ case "$phase" in
     if [ -n "${FA3_WHEEL:-}" ]; then "$py" -m pip install -q --no-index --no-deps "$FA3_WHEEL"; fi
     "$py" -m jax_flash_attn.bench --json "$out/benchmarks.json" --markdown "$out/benchmarks.md" \
       --plot "$out/benchmarks.png" 2>&1 | tee "$out/bench.log"
+    ;;
+  decode)
+    "$py" tests/device/decode_bench.py jax_flash_attn --markdown "$out/decode.md" 2>&1 | tee "$out/decode.log"
     ;;
   *)
     echo "unknown phase $phase"; exit 2 ;;

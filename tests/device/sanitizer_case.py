@@ -2,7 +2,8 @@
 
 usage: compute-sanitizer --tool memcheck --kernel-name kns=flash python sanitizer_case.py PACKAGE
 Odd sizes on purpose: partial tiles at every edge, GQA, causal and windowed, and
-ALiBi with the deterministic backward and an lse gradient.
+ALiBi with the deterministic backward and an lse gradient; then split-KV decoding
+against contiguous and paged caches, with appends and several splits.
 """
 
 import sys
@@ -23,4 +24,11 @@ for (b, sq, sk, h, hk, d), options in [((2, 77, 133, 4, 2, 128), dict(is_causal=
     out, pullback = jax.vjp(lambda q, k, v: flash.flash_mha(q, k, v, **options), q, k, v)
     # With return_lse, out is (out, lse): its cotangent makes the second backward call run too.
     jax.block_until_ready(pullback(jax.tree.map(jnp.ones_like, out)))
+for paged, splits in ((False, 3), (True, 0)):
+    q = jnp.asarray(rng.standard_normal((3, 2, 8, 128)), jnp.bfloat16)
+    cache = jnp.asarray(rng.standard_normal((6 if paged else 3, 512, 2, 128)), jnp.bfloat16)
+    new = jnp.asarray(rng.standard_normal((3, 2, 2, 128)), jnp.bfloat16)
+    table = jnp.int32([[5, 0], [2, 4], [1, 3]]) if paged else None
+    jax.block_until_ready(flash.flash_mha_with_kvcache(q, cache, cache, new, new, cache_seqlens=np.int32([0, 255, 510]),
+                                                       block_table=table, is_causal=True, num_splits=splits))
 print("sanitizer case done")

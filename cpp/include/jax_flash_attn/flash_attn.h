@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a struct below changes layout; bindings check it. */
-#define JFA_ABI_VERSION 3
+#define JFA_ABI_VERSION 4
 
 typedef enum {
   JFA_OK = 0,
@@ -131,6 +131,31 @@ typedef struct {
   int64_t total_k;
 } jfa_varlen_bwd_args;
 
+/* Decoding against a KV cache (FlashAttention-2's split-KV kernels). base.k and
+ * base.v are the caches, read only:
+ *   contiguous (block_table NULL): [batch, seqlen_k, num_heads_k, head_dim],
+ *     base.shape.seqlen_k being the cache's capacity;
+ *   paged: [num_blocks, page_block_size, num_heads_k, head_dim], entry b's key
+ *     t at page block_table[b * max_blocks_per_seq + t / page_block_size], row
+ *     t % page_block_size; base.shape.seqlen_k = max_blocks_per_seq *
+ *     page_block_size, and page_block_size a multiple of 256.
+ * Entry b attends to its first seqlens_k[b] keys (int32 [batch] on the device,
+ * at most the capacity; the kernels trust it); causal masks, windows and ALiBi
+ * are aligned to that length as for dense calls. The caller appends new keys
+ * itself before the call. With num_splits > 1 the keys are processed in that
+ * many chunks in parallel and combined, in a float32 workspace of
+ * jfa_kvcache_workspace_elems() elements. */
+typedef struct {
+  jfa_fwd_args base;
+  const int32_t* seqlens_k;
+  const int32_t* block_table; /* int32 [batch, max_blocks_per_seq], or NULL */
+  int64_t max_blocks_per_seq;
+  int64_t page_block_size;
+  int32_t num_splits; /* 1 .. 128 */
+  float* workspace;
+  int64_t workspace_elems;
+} jfa_kvcache_fwd_args;
+
 /* One buffer as XLA's FFI describes it: its dtype code (XLA_FFI_DataType:
  * F16 = 10, F32 = 11, BF16 = 16), rank and dimensions. */
 typedef struct {
@@ -172,6 +197,24 @@ int jfa_varlen_bwd_shape_from_buffers(const jfa_buffer* buffers, size_t num_buff
                                       jfa_attention_shape* shape, int64_t* total_q,
                                       int64_t* total_k, char* err, size_t err_len);
 
+/* The same for a KV-cache call. The caller sets the option fields of *shape;
+ * *paged says whether block_table is read (the call's has_block_table).
+ *   q, k_cache, v_cache, seqlens_k, block_table, alibi_slopes,
+ *   out, softmax_lse, workspace                                  (9 buffers)
+ * block_table is int32 [batch, max_blocks_per_seq] always (ignored unless
+ * paged); workspace is a float32 vector of at least
+ * jfa_kvcache_workspace_elems() for the call's num_splits. */
+int jfa_kvcache_fwd_shape_from_buffers(const jfa_buffer* buffers, size_t num_buffers, int paged,
+                                       jfa_attention_shape* shape, int64_t* max_blocks_per_seq,
+                                       int64_t* page_block_size, char* err, size_t err_len);
+
+/* How many chunks a KV-cache call splits the keys into: num_splits if
+ * positive, else FlashAttention-2's occupancy heuristic for a GPU of num_sms
+ * SMs (1 when batch * heads already fill it). Then the float32 workspace
+ * elements that many splits need (at least 1). */
+int32_t jfa_kvcache_num_splits(const jfa_attention_shape* shape, int num_splits, int num_sms);
+int64_t jfa_kvcache_workspace_elems(const jfa_attention_shape* shape, int num_splits);
+
 /* Element counts of the two float32 scratch buffers the backward pass needs.
  * num_sms is the SM count of the GPU the backward will run on (jfa_num_sms());
  * only the deterministic backward depends on it: its dq_accum holds
@@ -201,6 +244,13 @@ int jfa_mha_varlen_fwd(const jfa_varlen_fwd_args* args, void* cuda_stream, char*
                        size_t err_len);
 int jfa_mha_varlen_bwd(const jfa_varlen_bwd_args* args, void* cuda_stream, char* err,
                        size_t err_len);
+
+int jfa_mha_kvcache_fwd(const jfa_kvcache_fwd_args* args, void* cuda_stream, char* err,
+                        size_t err_len);
+
+/* 1 when this build compiled the split-KV kernels jfa_mha_kvcache_fwd needs
+ * for the dtype and head dim (--//cpp:splitkv), else 0. */
+int jfa_has_kvcache_kernel(jfa_dtype dtype, int64_t head_dim);
 
 /* 1 when this build compiled a kernel for the dtype and head dim (rounded up
  * to the kernel's bucket: 32, 64, 96, 128, 192, 256), else 0. */

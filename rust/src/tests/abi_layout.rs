@@ -7,7 +7,7 @@ use std::ffi::{c_char, c_int, CStr};
 use std::mem::{offset_of, size_of};
 
 use crate::kernels::{self as k, AttentionShape, BwdArgs, FwdArgs, JfaBuffer};
-use crate::kernels::{VarlenBwdArgs, VarlenFwdArgs};
+use crate::kernels::{KvcacheFwdArgs, VarlenBwdArgs, VarlenFwdArgs};
 use crate::xla_ffi::{self as x, *};
 
 #[repr(C)]
@@ -100,6 +100,15 @@ fn ours() -> Vec<(&'static str, i64)> {
         field!("jfa_varlen_bwd_args.cu_seqlens_k", VarlenBwdArgs, cu_seqlens_k),
         field!("jfa_varlen_bwd_args.total_q", VarlenBwdArgs, total_q),
         field!("jfa_varlen_bwd_args.total_k", VarlenBwdArgs, total_k),
+        size!("jfa_kvcache_fwd_args", KvcacheFwdArgs),
+        field!("jfa_kvcache_fwd_args.base", KvcacheFwdArgs, base),
+        field!("jfa_kvcache_fwd_args.seqlens_k", KvcacheFwdArgs, seqlens_k),
+        field!("jfa_kvcache_fwd_args.block_table", KvcacheFwdArgs, block_table),
+        field!("jfa_kvcache_fwd_args.max_blocks_per_seq", KvcacheFwdArgs, max_blocks_per_seq),
+        field!("jfa_kvcache_fwd_args.page_block_size", KvcacheFwdArgs, page_block_size),
+        field!("jfa_kvcache_fwd_args.num_splits", KvcacheFwdArgs, num_splits),
+        field!("jfa_kvcache_fwd_args.workspace", KvcacheFwdArgs, workspace),
+        field!("jfa_kvcache_fwd_args.workspace_elems", KvcacheFwdArgs, workspace_elems),
         size!("jfa_buffer", JfaBuffer),
         field!("jfa_buffer.rank", JfaBuffer, rank),
         field!("jfa_buffer.dims", JfaBuffer, dims),

@@ -12,8 +12,8 @@ use std::mem::size_of;
 use std::ptr;
 
 use crate::kernels::{
-    AttentionShape, BwdArgs, CAbi, Failure, FwdArgs, JfaBuffer, KernelLib, VarlenBwdArgs,
-    VarlenFwdArgs,
+    AttentionShape, BwdArgs, CAbi, Failure, FwdArgs, JfaBuffer, KernelLib, KvcacheFwdArgs,
+    VarlenBwdArgs, VarlenFwdArgs,
 };
 use crate::xla_ffi::{self as xla, Api, ApiVersion, CallFrame};
 
@@ -158,13 +158,27 @@ pub fn bwd_attrs(
     attrs
 }
 
-/// The varlen calls': the dense ones' and the sequence length bounds, kept
-/// sorted by name.
-pub fn varlen_attrs(mut attrs: Vec<Attr>, max_seqlen_q: i32, max_seqlen_k: i32) -> Vec<Attr> {
-    attrs.push(s32_attr("max_seqlen_q", max_seqlen_q));
-    attrs.push(s32_attr("max_seqlen_k", max_seqlen_k));
+/// `attrs` and a handler's own, kept sorted by name.
+fn with_own(mut attrs: Vec<Attr>, own: [Attr; 2]) -> Vec<Attr> {
+    attrs.extend(own);
     attrs.sort_by(|a, b| a.name.cmp(&b.name));
     attrs
+}
+
+/// The varlen calls': the dense ones' and the sequence length bounds.
+pub fn varlen_attrs(attrs: Vec<Attr>, max_seqlen_q: i32, max_seqlen_k: i32) -> Vec<Attr> {
+    with_own(
+        attrs,
+        [s32_attr("max_seqlen_q", max_seqlen_q), s32_attr("max_seqlen_k", max_seqlen_k)],
+    )
+}
+
+/// The KV-cache call's: the forward's, has_block_table and num_splits.
+pub fn kvcache_attrs(attrs: Vec<Attr>, has_block_table: bool, num_splits: i32) -> Vec<Attr> {
+    with_own(
+        attrs,
+        [pred_attr("has_block_table", has_block_table), s32_attr("num_splits", num_splits)],
+    )
 }
 
 /// Everything a call frame is built from.
@@ -193,6 +207,9 @@ pub const SOFTMAX_D: usize = 0xb000;
 pub const ALIBI: usize = 0xd000;
 pub const CU_SEQLENS_Q: usize = 0xe000;
 pub const CU_SEQLENS_K: usize = 0xf000;
+pub const SEQLENS_K: usize = 0x10000;
+pub const BLOCK_TABLE: usize = 0x11000;
+pub const WORKSPACE: usize = 0x12000;
 pub const STREAM: usize = 0xcafe;
 
 fn spec(args: Vec<Tensor>, rets: Vec<Tensor>) -> Spec {
@@ -334,6 +351,55 @@ pub fn varlen_bwd_spec() -> Spec {
     spec
 }
 
+/// kvcache_fwd_spec's splits, and the workspace they need for its shape.
+pub const NUM_SPLITS: i32 = 4;
+
+pub fn kvcache_workspace(shape: &AttentionShape, num_splits: i32) -> i64 {
+    unsafe { crate::kernels::jfa_kvcache_workspace_elems(shape, num_splits) }
+}
+
+/// A valid KV-cache forward call against a contiguous cache, fwd_spec's shape
+/// with a capacity of 256 keys; block_table the front end's [batch, 1]
+/// placeholder.
+pub fn kvcache_fwd_spec() -> Spec {
+    let (b, sq, sk, h, hk, d) = (2, 128, 256, 4, 2, 128);
+    let shape =
+        AttentionShape { batch: b, seqlen_q: sq, num_heads: h, head_dim: d, ..Default::default() };
+    let mut spec = spec(
+        vec![
+            tensor(xla::BF16, &[b, sq, h, d], Q),
+            tensor(xla::BF16, &[b, sk, hk, d], K),
+            tensor(xla::BF16, &[b, sk, hk, d], V),
+            tensor(xla::S32, &[b], SEQLENS_K),
+            tensor(xla::S32, &[b, 1], BLOCK_TABLE),
+            tensor(xla::F32, &[b, h], ALIBI),
+        ],
+        vec![
+            tensor(xla::BF16, &[b, sq, h, d], OUT),
+            tensor(xla::F32, &[b, h, sq], LSE),
+            tensor(xla::F32, &[kvcache_workspace(&shape, NUM_SPLITS)], WORKSPACE),
+        ],
+    );
+    spec.attrs = kvcache_attrs(spec.attrs, false, NUM_SPLITS);
+    spec
+}
+
+/// paged_kvcache_fwd_spec's pages: 3 of 256 keys, 2 per entry.
+pub const PAGES: i64 = 3;
+pub const PAGE_BLOCK_SIZE: i64 = 256;
+pub const MAX_BLOCKS_PER_SEQ: i64 = 2;
+
+/// The same call against a paged cache (capacity 512 keys).
+pub fn paged_kvcache_fwd_spec() -> Spec {
+    let mut spec = kvcache_fwd_spec();
+    for cache in &mut spec.args[1..3] {
+        cache.dims = vec![PAGES, PAGE_BLOCK_SIZE, 2, 128];
+    }
+    spec.args[4].dims = vec![2, MAX_BLOCKS_PER_SEQ];
+    spec.attrs = kvcache_attrs(options(0.125, true, -1, -1, 0.0), true, NUM_SPLITS);
+    spec
+}
+
 /// A call frame and the storage it points into (heap data does not move).
 pub struct Call {
     pub frame: CallFrame,
@@ -458,8 +524,8 @@ pub fn run(handler: Entry, lib: &Recorder, spec: &Spec) -> Option<(c_int, String
 }
 
 /// One recorded kernel launch. `alibi` is (slopes pointer, batch stride);
-/// `dq_accum_elems` is the backward's (0 for the forward); `varlen` what
-/// the varlen calls add.
+/// `dq_accum_elems` is the backward's (0 for the forward); `varlen` and
+/// `kvcache` what the varlen and KV-cache calls add.
 #[derive(Debug, PartialEq)]
 pub struct Launch {
     pub shape: AttentionShape,
@@ -468,6 +534,7 @@ pub struct Launch {
     pub alibi: (usize, i64),
     pub dq_accum_elems: i64,
     pub varlen: Option<Packed>,
+    pub kvcache: Option<Cache>,
 }
 
 /// A varlen launch's cu_seqlens_q / cu_seqlens_k pointers and token counts.
@@ -475,6 +542,18 @@ pub struct Launch {
 pub struct Packed {
     pub cu_seqlens: (usize, usize),
     pub totals: (i64, i64),
+}
+
+/// A KV-cache launch's seqlens_k and block_table pointers, its pages
+/// (max_blocks_per_seq, page_block_size), num_splits and workspace (pointer,
+/// elements).
+#[derive(Debug, PartialEq)]
+pub struct Cache {
+    pub seqlens_k: usize,
+    pub block_table: usize,
+    pub pages: (i64, i64),
+    pub num_splits: i32,
+    pub workspace: (usize, i64),
 }
 
 /// A buffer as the handler described it to the C ABI: (dtype code, dims).
@@ -500,6 +579,7 @@ fn fwd_launch(a: &FwdArgs, stream: *mut c_void) -> Launch {
         alibi: (a.alibi_slopes as usize, a.alibi_slopes_batch_stride),
         dq_accum_elems: 0,
         varlen: None,
+        kvcache: None,
     }
 }
 
@@ -524,6 +604,7 @@ fn bwd_launch(a: &BwdArgs, stream: *mut c_void) -> Launch {
         alibi: (a.alibi_slopes as usize, a.alibi_slopes_batch_stride),
         dq_accum_elems: a.dq_accum_elems,
         varlen: None,
+        kvcache: None,
     }
 }
 
@@ -580,6 +661,16 @@ impl KernelLib for Recorder {
         CAbi.varlen_bwd_shape(buffers, shape)
     }
 
+    fn kvcache_fwd_shape(
+        &self,
+        buffers: &[JfaBuffer],
+        paged: bool,
+        shape: &mut AttentionShape,
+    ) -> Result<(i64, i64), Failure> {
+        self.describe(buffers);
+        CAbi.kvcache_fwd_shape(buffers, paged, shape)
+    }
+
     unsafe fn mha_fwd(&self, a: &FwdArgs, stream: *mut c_void) -> Result<(), Failure> {
         self.launch(fwd_launch(a, stream))
     }
@@ -596,5 +687,20 @@ impl KernelLib for Recorder {
     unsafe fn mha_varlen_bwd(&self, a: &VarlenBwdArgs, stream: *mut c_void) -> Result<(), Failure> {
         let varlen = packed(a.cu_seqlens_q, a.cu_seqlens_k, (a.total_q, a.total_k));
         self.launch(Launch { varlen: Some(varlen), ..bwd_launch(&a.base, stream) })
+    }
+
+    unsafe fn mha_kvcache_fwd(
+        &self,
+        a: &KvcacheFwdArgs,
+        stream: *mut c_void,
+    ) -> Result<(), Failure> {
+        let cache = Cache {
+            seqlens_k: a.seqlens_k as usize,
+            block_table: a.block_table as usize,
+            pages: (a.max_blocks_per_seq, a.page_block_size),
+            num_splits: a.num_splits,
+            workspace: (a.workspace as usize, a.workspace_elems),
+        };
+        self.launch(Launch { kvcache: Some(cache), ..fwd_launch(&a.base, stream) })
     }
 }

@@ -5,7 +5,7 @@
 use std::ptr;
 
 use super::fake_xla::*;
-use crate::handlers::{bwd_with, fwd_with, varlen_bwd_with, varlen_fwd_with};
+use crate::handlers::{bwd_with, fwd_with, kvcache_fwd_with, varlen_bwd_with, varlen_fwd_with};
 use crate::xla_ffi as xla;
 
 /// Runs the handler; a call that fails launches nothing.
@@ -370,4 +370,56 @@ fn varlen_bwd_bad_operands_are_reported_by_binding_index() {
          Wrong attribute type: expected scalar but got dictionary\
          Wrong scalar data type: expected PRED but got S32";
     assert_eq!(run_checked(varlen_bwd_with, &spec), invalid(expected));
+}
+
+#[test]
+fn kvcache_operand_counts_must_match() {
+    let mut spec = kvcache_fwd_spec();
+    spec.args.remove(4); // block_table
+    assert_eq!(
+        run_checked(kvcache_fwd_with, &spec),
+        invalid("[execute] Wrong number of arguments: expected 6 but got 5")
+    );
+    // A varlen forward's frame has the args but not the workspace.
+    assert_eq!(
+        run_checked(kvcache_fwd_with, &varlen_fwd_spec()),
+        invalid("[execute] Wrong number of results: expected 3 but got 2")
+    );
+    let mut spec = kvcache_fwd_spec();
+    spec.attrs.retain(|a| a.name != "num_splits");
+    assert_eq!(
+        run_checked(kvcache_fwd_with, &spec),
+        invalid(
+            "[execute] Wrong number of attributes: expected 8 but got 7 with name(s): \
+             has_alibi, has_block_table, is_causal, softcap, softmax_scale, window_left, \
+             window_right"
+        )
+    );
+}
+
+#[test]
+fn kvcache_bad_operands_are_reported_by_binding_index() {
+    // Binding order: stream 0, q k_cache v_cache seqlens_k block_table
+    // alibi_slopes 1-6, out lse workspace 7-9, softmax_scale 10, is_causal 11,
+    // window_left 12, window_right 13, softcap 14, has_alibi 15,
+    // has_block_table 16, num_splits 17. Sorted: has_alibi, has_block_table,
+    // is_causal, num_splits, softcap, ...
+    let mut spec = kvcache_fwd_spec();
+    spec.rets[2].kind = 2; // workspace
+    spec.attrs[1] = s32_attr("has_block_table", 1);
+    spec.attrs[3] = pred_attr("num_splits", true);
+    let expected =
+        "[execute] Failed to decode all FFI handler operands (bad operands at: 9, 16, 17)\n\
+         Diagnostics:\n\
+         Wrong result type: expected 1 but got 2\
+         Wrong scalar data type: expected PRED but got S32\
+         Wrong scalar data type: expected S32 but got PRED";
+    assert_eq!(run_checked(kvcache_fwd_with, &spec), invalid(expected));
+    // Misnamed: num_split still sorts where num_splits would.
+    let mut spec = kvcache_fwd_spec();
+    spec.attrs[3].name = "num_split".into();
+    let expected = "[execute] Failed to decode all FFI handler operands (bad operands at: 17)\n\
+                    Diagnostics:\n\
+                    Attribute name mismatch: num_split vs num_splits";
+    assert_eq!(run_checked(kvcache_fwd_with, &spec), invalid(expected));
 }

@@ -4,7 +4,7 @@
 use std::ffi::{c_char, CStr};
 
 use super::fake_xla::*;
-use crate::handlers::{bwd_with, fwd_with, varlen_bwd_with, varlen_fwd_with};
+use crate::handlers::{bwd_with, fwd_with, kvcache_fwd_with, varlen_bwd_with, varlen_fwd_with};
 use crate::kernels::{self, AttentionShape, JfaBuffer};
 use crate::xla_ffi as xla;
 
@@ -24,6 +24,10 @@ fn run_varlen_bwd(lib: &Recorder, spec: &Spec) -> Option<(i32, String)> {
     run(varlen_bwd_with, lib, spec)
 }
 
+fn run_kvcache_fwd(lib: &Recorder, spec: &Spec) -> Option<(i32, String)> {
+    run(kvcache_fwd_with, lib, spec)
+}
+
 /// A scalar attribute's value in the spec, widened.
 fn attr_value(spec: &Spec, name: &str) -> Option<i64> {
     let a = spec.attrs.iter().find(|a| a.name == name)?;
@@ -34,7 +38,8 @@ fn attr_value(spec: &Spec, name: &str) -> Option<i64> {
 }
 
 /// What the C ABI itself says about these buffers (args then rets); a
-/// varlen call (one with max_seqlen_q) with the spec's seqlen bounds.
+/// varlen call (one with max_seqlen_q) with the spec's seqlen bounds, a
+/// KV-cache call (one with has_block_table) paged as the spec says.
 fn c_abi_message(spec: &Spec, backward: bool) -> String {
     let buffers: Vec<JfaBuffer> = spec
         .args
@@ -43,6 +48,7 @@ fn c_abi_message(spec: &Spec, backward: bool) -> String {
         .map(|t| JfaBuffer { xla_dtype: t.dtype, rank: t.dims.len() as i64, dims: t.dims.as_ptr() })
         .collect();
     let varlen = attr_value(spec, "max_seqlen_q").is_some();
+    let kvcache = attr_value(spec, "has_block_table");
     let mut shape = AttentionShape {
         seqlen_q: attr_value(spec, "max_seqlen_q").unwrap_or(0),
         seqlen_k: attr_value(spec, "max_seqlen_k").unwrap_or(0),
@@ -54,16 +60,24 @@ fn c_abi_message(spec: &Spec, backward: bool) -> String {
         ..Default::default()
     };
     let (b, n, s) = (buffers.as_ptr(), buffers.len(), &mut shape);
+    // The totals, or a KV-cache call's pages.
     let (mut total_q, mut total_k) = (0, 0);
     let (tq, tk) = (&mut total_q, &mut total_k);
     let mut err = [0 as c_char; 1024];
     let (e, len) = (err.as_mut_ptr(), err.len());
     let status = unsafe {
-        match (varlen, backward) {
-            (false, false) => kernels::jfa_fwd_shape_from_buffers(b, n, s, e, len),
-            (false, true) => kernels::jfa_bwd_shape_from_buffers(b, n, s, e, len),
-            (true, false) => kernels::jfa_varlen_fwd_shape_from_buffers(b, n, s, tq, tk, e, len),
-            (true, true) => kernels::jfa_varlen_bwd_shape_from_buffers(b, n, s, tq, tk, e, len),
+        match (kvcache, varlen, backward) {
+            (Some(paged), _, _) => {
+                kernels::jfa_kvcache_fwd_shape_from_buffers(b, n, paged as i32, s, tq, tk, e, len)
+            }
+            (None, false, false) => kernels::jfa_fwd_shape_from_buffers(b, n, s, e, len),
+            (None, false, true) => kernels::jfa_bwd_shape_from_buffers(b, n, s, e, len),
+            (None, true, false) => {
+                kernels::jfa_varlen_fwd_shape_from_buffers(b, n, s, tq, tk, e, len)
+            }
+            (None, true, true) => {
+                kernels::jfa_varlen_bwd_shape_from_buffers(b, n, s, tq, tk, e, len)
+            }
         }
     };
     assert_eq!(status, kernels::JFA_INVALID_ARGUMENT);
@@ -106,6 +120,7 @@ fn fwd_launches_with_the_decoded_shape_pointers_and_stream() {
             alibi: (0, 4), // no slopes: NULL
             dq_accum_elems: 0,
             varlen: None,
+            kvcache: None,
         }
     );
 }
@@ -130,6 +145,7 @@ fn varlen_fwd_launches_with_the_bounds_cu_seqlens_and_totals() {
                 cu_seqlens: (CU_SEQLENS_Q, CU_SEQLENS_K),
                 totals: (TOTAL_Q, TOTAL_K)
             }),
+            kvcache: None,
         }
     );
 }
@@ -217,13 +233,160 @@ fn varlen_bwd_launches_with_the_bounds_cu_seqlens_and_totals() {
     );
 }
 
+/// kvcache_fwd_spec's shape (and paged_kvcache_fwd_spec's: not its seqlen_k).
+fn kvcache_shape() -> AttentionShape {
+    AttentionShape { batch: 2, seqlen_q: 128, num_heads: 4, head_dim: 128, ..Default::default() }
+}
+
+#[test]
+fn kvcache_fwd_launches_with_the_lengths_splits_and_workspace() {
+    let lib = Recorder::default();
+    assert_eq!(run_kvcache_fwd(&lib, &kvcache_fwd_spec()), None);
+    let launches = lib.launches.borrow();
+    assert_eq!(launches.len(), 1);
+    // The cache's capacity is seqlen_k; without a block table no pages.
+    assert_eq!(
+        launches[0],
+        Launch {
+            shape: spec_shape(),
+            pointers: vec![Q, K, V, OUT, LSE],
+            stream: STREAM,
+            alibi: (0, 4),
+            dq_accum_elems: 0,
+            varlen: None,
+            kvcache: Some(Cache {
+                seqlens_k: SEQLENS_K,
+                block_table: 0,
+                pages: (0, 0),
+                num_splits: NUM_SPLITS,
+                workspace: (WORKSPACE, kvcache_workspace(&kvcache_shape(), NUM_SPLITS)),
+            }),
+        }
+    );
+}
+
+#[test]
+fn a_paged_kvcache_fwd_passes_the_block_table_and_its_pages() {
+    let lib = Recorder::default();
+    assert_eq!(run_kvcache_fwd(&lib, &paged_kvcache_fwd_spec()), None);
+    let launches = lib.launches.borrow();
+    // Batch from q, not from the caches' pages; capacity max_blocks * page size.
+    let s = launches[0].shape;
+    assert_eq!((s.batch, s.seqlen_q, s.seqlen_k, s.num_heads_k), (2, 128, 512, 2));
+    assert_eq!(launches[0].pointers, vec![Q, K, V, OUT, LSE]);
+    assert_eq!(
+        launches[0].kvcache,
+        Some(Cache {
+            seqlens_k: SEQLENS_K,
+            block_table: BLOCK_TABLE,
+            pages: (MAX_BLOCKS_PER_SEQ, PAGE_BLOCK_SIZE),
+            num_splits: NUM_SPLITS,
+            workspace: (WORKSPACE, kvcache_workspace(&kvcache_shape(), NUM_SPLITS)),
+        })
+    );
+}
+
+#[test]
+fn kvcache_fwd_passes_every_option_and_num_splits_as_given() {
+    let lib = Recorder::default();
+    let mut spec = kvcache_fwd_spec();
+    // The C ABI's launch, not the handler, refuses a bad split count.
+    spec.attrs = kvcache_attrs(fwd_attrs(0.5, false, 16, 0, 30.0, true), false, 200);
+    assert_eq!(run_kvcache_fwd(&lib, &spec), None);
+    let launches = lib.launches.borrow();
+    let s = launches[0].shape;
+    assert_eq!(
+        (s.softmax_scale, s.is_causal, s.window_left, s.window_right, s.softcap, s.deterministic),
+        (0.5, 0, 16, 0, 30.0, 0)
+    );
+    assert_eq!(launches[0].alibi, (ALIBI, 4));
+    assert_eq!(launches[0].kvcache.as_ref().unwrap().num_splits, 200);
+}
+
+#[test]
+fn kvcache_buffer_errors_are_the_c_abi_messages() {
+    type Case = (&'static str, fn(&mut Spec), &'static str);
+    let cases: [Case; 6] = [
+        ("seqlens_k dtype", |s| s.args[3].dtype = xla::F32, "seqlens_k: "),
+        ("seqlens_k length", |s| s.args[3].dims = vec![3], "seqlens_k: "),
+        // Read or not, the block table is int32.
+        ("block_table dtype", |s| s.args[4].dtype = xla::F32, "block_table: "),
+        ("cache heads", |s| s.args[2].dims[2] = 4, "v: "),
+        ("lse", |s| s.rets[1].dims = vec![2, 128, 4], "softmax_lse: "),
+        ("workspace rank", |s| s.rets[2].dims = vec![1, 1], "workspace: "),
+    ];
+    for (what, edit, prefix) in cases {
+        let lib = Recorder::default();
+        let mut spec = kvcache_fwd_spec();
+        edit(&mut spec);
+        let expected = c_abi_message(&spec, false);
+        assert!(expected.starts_with(prefix), "{what}: {expected}");
+        assert_eq!(
+            run_kvcache_fwd(&lib, &spec),
+            Some((xla::ERROR_INVALID_ARGUMENT, expected)),
+            "{what}"
+        );
+        assert!(lib.launches.borrow().is_empty(), "{what}");
+    }
+}
+
+#[test]
+fn has_block_table_decides_whether_the_block_table_is_checked() {
+    // The contiguous call's [batch, 1] placeholder is no paged call's table.
+    let lib = Recorder::default();
+    let mut spec = paged_kvcache_fwd_spec();
+    spec.args[4].dims = vec![3, MAX_BLOCKS_PER_SEQ];
+    let expected = c_abi_message(&spec, false);
+    assert!(expected.starts_with("block_table: expected shape (2, 2)"), "{expected}");
+    assert_eq!(run_kvcache_fwd(&lib, &spec), Some((xla::ERROR_INVALID_ARGUMENT, expected)));
+    // Unpaged, the same table is not read: any shape goes.
+    spec = kvcache_fwd_spec();
+    spec.args[4].dims = vec![3, MAX_BLOCKS_PER_SEQ];
+    assert_eq!(run_kvcache_fwd(&lib, &spec), None);
+    // And a paged cache read as a contiguous one is a batch of 3 entries.
+    spec = paged_kvcache_fwd_spec();
+    spec.attrs = kvcache_attrs(options(0.125, true, -1, -1, 0.0), false, NUM_SPLITS);
+    let expected = c_abi_message(&spec, false);
+    assert!(expected.starts_with("k: "), "{expected}");
+    assert_eq!(run_kvcache_fwd(&lib, &spec), Some((xla::ERROR_INVALID_ARGUMENT, expected)));
+    assert_eq!(lib.launches.borrow().len(), 1);
+}
+
+#[test]
+fn kvcache_splits_and_workspace_are_the_headers() {
+    let splits = |shape: &AttentionShape, num_splits: i32, num_sms: i32| unsafe {
+        kernels::jfa_kvcache_num_splits(shape, num_splits, num_sms)
+    };
+    // One query of 16 heads against 4096 keys in blocks of 128: 32 blocks;
+    // 16 splits of 2 blocks fill 256 of 132 SMs' 264 slots.
+    let mut shape = AttentionShape {
+        batch: 1,
+        seqlen_q: 1,
+        seqlen_k: 4096,
+        num_heads: 16,
+        head_dim: 128,
+        ..Default::default()
+    };
+    assert_eq!(splits(&shape, 0, 132), 16);
+    assert_eq!(splits(&shape, 5, 132), 5);
+    // Per split an lse and a 128-float output row per (entry, head, query);
+    // unsplit, no partials.
+    assert_eq!(kvcache_workspace(&shape, 16), 16 * 16 + 16 * 16 * 128);
+    assert_eq!(kvcache_workspace(&shape, 1), 1);
+    // 64 entries * 16 heads fill the GPU already.
+    shape.batch = 64;
+    assert_eq!(splits(&shape, 0, 132), 1);
+}
+
 #[test]
 fn every_handler_describes_its_args_then_rets_to_the_c_abi() {
-    let cases: [(&str, Entry, Spec); 4] = [
+    let cases: [(&str, Entry, Spec); 6] = [
         ("fwd", fwd_with, fwd_spec()),
         ("bwd", bwd_with, bwd_spec()),
         ("varlen_fwd", varlen_fwd_with, varlen_fwd_spec()),
         ("varlen_bwd", varlen_bwd_with, varlen_bwd_spec()),
+        ("kvcache_fwd", kvcache_fwd_with, kvcache_fwd_spec()),
+        ("paged kvcache_fwd", kvcache_fwd_with, paged_kvcache_fwd_spec()),
     ];
     for (what, handler, spec) in cases {
         let lib = Recorder::default();
@@ -250,8 +413,12 @@ fn has_alibi_passes_the_slopes_with_a_batch_stride_of_num_heads() {
     let mut spec = varlen_bwd_spec();
     spec.attrs = varlen_attrs(bwd_attrs(0.125, false, -1, -1, 0.0, true, false), 128, 256);
     assert_eq!(run_varlen_bwd(&lib, &spec), None);
+    // The KV-cache call's come after seqlens_k and block_table.
+    let mut spec = paged_kvcache_fwd_spec();
+    spec.attrs = kvcache_attrs(fwd_attrs(0.125, false, -1, -1, 0.0, true), true, NUM_SPLITS);
+    assert_eq!(run_kvcache_fwd(&lib, &spec), None);
     let alibi: Vec<_> = lib.launches.borrow().iter().map(|l| l.alibi).collect();
-    assert_eq!(alibi, vec![(ALIBI, 4); 4]);
+    assert_eq!(alibi, vec![(ALIBI, 4); 5]);
 }
 
 #[test]
@@ -514,6 +681,8 @@ fn kernel_failures_map_to_xla_codes() {
         assert_eq!(run_bwd(&lib, &bwd_spec()), Some((code, "kernel said no".into())));
         assert_eq!(run_varlen_fwd(&lib, &varlen_fwd_spec()), Some((code, "kernel said no".into())));
         assert_eq!(run_varlen_bwd(&lib, &varlen_bwd_spec()), Some((code, "kernel said no".into())));
+        let paged = paged_kvcache_fwd_spec();
+        assert_eq!(run_kvcache_fwd(&lib, &paged), Some((code, "kernel said no".into())));
     }
 }
 
@@ -531,6 +700,9 @@ fn the_linked_library_is_the_ci_kernel_set_or_more() {
     // referenced kernels must be there.
     assert_eq!(unsafe { kernels::jfa_abi_version() }, kernels::JFA_ABI_VERSION);
     assert_eq!(unsafe { kernels::jfa_has_kernel(kernels::JFA_BFLOAT16, 128) }, 1);
+    // --//cpp:splitkv is on by default.
+    assert_eq!(unsafe { kernels::jfa_has_kvcache_kernel(kernels::JFA_BFLOAT16, 128) }, 1);
+    assert_eq!(unsafe { kernels::jfa_has_kvcache_kernel(7, 128) }, 0); // not a jfa_dtype
     let config = unsafe { CStr::from_ptr(kernels::jfa_build_config()) }.to_str().unwrap();
     assert!(config.contains("bfloat16/128"), "{config}");
 }
