@@ -62,6 +62,7 @@ CASES = [
     ("softcap-alibi", 2, 4, 2, 2, [9, 100], dict(softcap=4.0, is_causal=True,
                                                    alibi_slopes=np.float32([[0.5, 0.25], [0.1, 0.3]]))),
     ("empty-entry", 2, 1, 2, 2, [0, 33], {}),
+    ("alibi-rows", 2, 3, 2, 2, [20, 400], dict(alibi_slopes=np.float32([0.5, 0.25]))),
 ]
 
 

@@ -193,6 +193,7 @@ def kvcache_attention_reference(q, k_cache, v_cache, seqlens_k, block_table=None
     bias = None
     if alibi_slopes is not None:
         slopes = jnp.broadcast_to(jnp.asarray(alibi_slopes, jnp.float32), (q.shape[0], q.shape[2]))
-        distance = jnp.broadcast_to(_kernel_alibi_distance(j, diagonal, left, right), mask.shape)
+        distance = jnp.broadcast_to(_kernel_alibi_distance(j, diagonal, left, right),
+                                    (q.shape[0], seqlen_q, capacity))
         bias = slopes[:, :, None, None], distance[:, None]
     return _attend(q, k_cache, v_cache, softmax_scale, softcap, mask[:, None], bias, compute_dtype)
