@@ -136,13 +136,14 @@ void check_shape(const jfa_attention_shape& s) {
   require(std::isfinite(s.softcap) && s.softcap >= 0.f, "softcap must be finite and >= 0");
 }
 
-Kernels require_kernels(const jfa_attention_shape& s) {
+// splitkv: the split-KV forward kernels (KV-cache calls) rather than the others.
+Kernels require_kernels(const jfa_attention_shape& s, bool splitkv = false) {
   Kernels k = lookup(s.dtype, s.head_dim);
-  if (k.fwd[0] == nullptr) {
+  if ((splitkv ? k.splitkv[0] : k.fwd[0]) == nullptr) {
     throw Error(JFA_UNSUPPORTED,
-                std::string("this build has no kernel for ") + dtype_name(s.dtype) +
-                    " with head_dim " + std::to_string(s.head_dim) + " (build config: " +
-                    jfa_build_config() + ")");
+                std::string("this build has no ") + (splitkv ? "split-KV (KV-cache) " : "") +
+                    "kernel for " + dtype_name(s.dtype) + " with head_dim " +
+                    std::to_string(s.head_dim) + " (build config: " + jfa_build_config() + ")");
   }
   return k;
 }
@@ -426,13 +427,7 @@ void mha_kvcache_fwd(const jfa_kvcache_fwd_args& a, cudaStream_t stream) {
     require(a.max_blocks_per_seq > 0 && a.max_blocks_per_seq * a.page_block_size == s.seqlen_k,
             "a paged cache's seqlen_k must be max_blocks_per_seq * page_block_size");
   }
-  const Kernels kernels = lookup(s.dtype, s.head_dim);
-  if (kernels.splitkv[0] == nullptr) {
-    throw Error(JFA_UNSUPPORTED, std::string("this build has no split-KV (KV-cache) kernel for ") +
-                                     dtype_name(s.dtype) + " with head_dim " +
-                                     std::to_string(s.head_dim) + " (build config: " +
-                                     jfa_build_config() + ")");
-  }
+  const Kernels kernels = require_kernels(s, /*splitkv=*/true);
   Flash_fwd_params p;
   fill_fwd(p, s, f.q, f.k, f.v, f.out, f.softmax_lse, f.alibi_slopes, f.alibi_slopes_batch_stride);
   // seqlens_k holds lengths, not offsets: each entry starts at its own batch

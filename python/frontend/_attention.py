@@ -134,28 +134,30 @@ def _old_gpu():
     return None
 
 
-def _kernel_missing(q):
-    """Why the kernels cannot run q on this GPU, or None (also None off GPU)."""
+def _kernel_missing(q, kvcache=False):
+    """Why the kernels (with kvcache, the split-KV ones) cannot run q on this GPU,
+    or None (also None off GPU)."""
     if jax.default_backend() != "gpu":
         return None
     old = _old_gpu()
     if old:
         return f"the kernels need an NVIDIA GPU of compute capability 8.0 or newer (Ampere or later); {old}"
     dtype, head_dim = jnp.dtype(q.dtype).name, q.shape[-1]
-    if _binding.extension.has_kernel(dtype, head_dim):
+    ext = _binding.extension
+    if (ext.has_kvcache_kernel if kvcache else ext.has_kernel)(dtype, head_dim):
         return None
-    return (f"this build of {_binding.PACKAGE} has no kernel for {dtype} with head_dim {head_dim} "
-            f"({_binding.extension.build_config()})")
+    return (f"this build of {_binding.PACKAGE} has no {'split-KV ' if kvcache else ''}kernel for {dtype} with "
+            f"head_dim {head_dim} ({ext.build_config()})")
 
 
-def _check_kernel_available(q):
+def _check_kernel_available(q, name="flash_mha", kvcache=False):
     """Fails early, in Python, when we would run on a GPU this build has no kernel for."""
-    missing = _kernel_missing(q)
+    missing = _kernel_missing(q, kvcache)
     if missing and _old_gpu():
-        raise ValueError(f"flash_mha: {missing}; use jax.nn.dot_product_attention there")
+        raise ValueError(f"{name}: {missing}; use jax.nn.dot_product_attention there")
     if missing:
-        raise ValueError(f"flash_mha: {missing}; rebuild with the kernels you need "
-                         f"(see README: --//cpp:head_dims, --//cpp:dtypes)")
+        flags = "--//cpp:head_dims, --//cpp:dtypes" + (", --//cpp:splitkv" if kvcache else "")
+        raise ValueError(f"{name}: {missing}; rebuild with the kernels you need (see README: {flags})")
 
 
 class _Options(NamedTuple):

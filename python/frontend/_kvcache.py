@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _binding
-from ._attention import _Options, _old_gpu, _workspace_num_sms
+from ._attention import _check_kernel_available, _Options, _workspace_num_sms
 from ._reference import kvcache_attention_reference
 from ._validation import check_alibi_slopes, check_flag, check_kvcache_args, check_options
 
@@ -90,7 +90,7 @@ def flash_mha_with_kvcache(q, k_cache, v_cache, k=None, v=None, cache_seqlens=No
         jnp.broadcast_to(jnp.asarray(slopes, jnp.float32), (batch, heads))
     table = block_table if paged else jnp.zeros((batch, 1), jnp.int32)
 
-    _check_kvcache_kernel(q)
+    _check_kernel_available(q, "flash_mha_with_kvcache", kvcache=True)
 
     # Decoding one token with GQA: the query heads that share a key head become
     # rows of one query against it, so each cache tile is read once per key
@@ -152,21 +152,6 @@ def _append(cache, new, lengths, block_table):
     page = jnp.take_along_axis(block_table, jnp.clip(slot, 0, block_table.shape[1] - 1), axis=1)
     page = jnp.where(inside, page, cache.shape[0])  # out of range: dropped
     return cache.at[page, position % page_size].set(new, mode="drop")
-
-
-def _check_kvcache_kernel(q):
-    """Fails at trace time, in Python, when the GPU or this build cannot run the call."""
-    if jax.default_backend() != "gpu":
-        return
-    old = _old_gpu()
-    if old:
-        raise ValueError(f"flash_mha_with_kvcache: the kernels need an NVIDIA GPU of compute capability 8.0 "
-                         f"or newer (Ampere or later); {old}")
-    dtype, head_dim = jnp.dtype(q.dtype).name, q.shape[-1]
-    if not _binding.extension.has_kvcache_kernel(dtype, head_dim):
-        raise ValueError(f"flash_mha_with_kvcache: this build of {_binding.PACKAGE} has no split-KV kernel for "
-                         f"{dtype} with head_dim {head_dim} ({_binding.extension.build_config()}); rebuild with "
-                         f"the kernels you need (see README: --//cpp:head_dims, --//cpp:dtypes, --//cpp:splitkv)")
 
 
 @jax.custom_jvp

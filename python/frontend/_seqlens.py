@@ -40,9 +40,8 @@ import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
 from . import _varlen
-from ._attention import _check_kernel_available, _fold_vmap, _Options, _plan_common, combine_backward_calls, \
-    sum_head_groups
-from ._validation import check_alibi_slopes, check_flag, check_options, check_qkv
+from ._attention import _check_kernel_available, _fold_vmap, _Options, _plan_common
+from ._validation import check_alibi_slopes, check_flag, check_options, check_qkv, concrete
 
 # The kernels launch one grid row per sequence: CUDA's grid.y, at most 65535.
 MAX_SEQUENCES = 65535
@@ -154,19 +153,13 @@ def _attend(spec, q, k, v, slopes, cu_q, cu_k):
 
 def _attend_backward(spec, dout, dlse, q, k, v, slopes, out, lse, cu_q, cu_k):
     """dq, dk, dv of _attend for cotangents dout and dlse (None: zero; not both)."""
-    has_dout, has_dlse = dout is not None, dlse is not None
-
-    def unpack(args):
-        args = list(args)
-        dout = args.pop(0) if has_dout else None
-        dlse = args.pop(0) if has_dlse else None
-        return (dout, dlse, *args)
+    args, unpack = _varlen.cotangent_operands(dout, dlse, q, k, v, slopes, out, lse, cu_q, cu_k)
 
     def kernel(*args):
         dout, dlse, q, k, v, slopes, out, lse, cu_q, cu_k = unpack(args)
         batch, seqlen_q, heads, head_dim = q.shape
         seqlen_k = k.shape[1]
-        if has_dout:
+        if dout is not None:
             q, k, v, out, dout = _pad_head_dim(q, k, v, out, dout)
         else:
             q, k, v, out = _pad_head_dim(q, k, v, out)
@@ -175,11 +168,8 @@ def _attend_backward(spec, dout, dlse, q, k, v, slopes, out, lse, cu_q, cu_k):
         to_heads = lambda x: None if x is None else jnp.swapaxes(x, 0, 1).reshape(heads, -1)  # [heads, total_q]
         lse, dlse = to_heads(lse), to_heads(dlse)
         cq, ck = packed_offsets(cu_q, seqlen_q), packed_offsets(cu_k, seqlen_k)
-        seq_slopes = jnp.repeat(slopes, spec.per_row, axis=0)
-        call = lambda dout, out, v: _varlen._kernel_bwd_call(dout, q, k, v, out, lse, cq, ck, seq_slopes,
-                                                             spec.varlen)
-        dq, dk, dv = combine_backward_calls(call, dout, dlse, q, k, v, out, lse, lse_to_rows=jnp.transpose)
-        dk, dv = sum_head_groups(dk, k), sum_head_groups(dv, v)
+        dq, dk, dv = _varlen.kernel_backward(dout, dlse, q, k, v, out, lse, cq, ck,
+                                             jnp.repeat(slopes, spec.per_row, axis=0), spec.varlen)
         unflat = lambda x, s: x.reshape((batch, s) + x.shape[1:])[..., :head_dim]
         return unflat(dq, seqlen_q), unflat(dk, seqlen_k), unflat(dv, seqlen_k)
 
@@ -188,7 +178,6 @@ def _attend_backward(spec, dout, dlse, q, k, v, slopes, out, lse, cu_q, cu_k):
         (o, l), vjp = jax.vjp(lambda q, k, v: _reference_forward(spec, q, k, v, slopes, cu_q, cu_k), q, k, v)
         return vjp((jnp.zeros_like(o) if dout is None else dout, jnp.zeros_like(l) if dlse is None else dlse))
 
-    args = ((dout,) if has_dout else ()) + ((dlse,) if has_dlse else ()) + (q, k, v, slopes, out, lse, cu_q, cu_k)
     return tuple(jax.lax.platform_dependent(*args, cuda=kernel, default=reference))
 
 
@@ -266,17 +255,8 @@ def _rows_bwd(spec, residuals, cotangents):
     dout, dlse = (None if isinstance(c, SymbolicZero) else c for c in cotangents)
     if dout is None and dlse is None:
         return jnp.zeros_like(q), jnp.zeros_like(k), jnp.zeros_like(v), None, None
-    has_dout, has_dlse = dout is not None, dlse is not None
-
-    def backward(*args):
-        args = list(args)
-        dout = args.pop(0) if has_dout else None
-        dlse = args.pop(0) if has_dlse else None
-        q, k, v, slopes, out, lse, *ints = args
-        return _rows_backward(spec, dout, dlse, q, k, v, slopes, out, lse, *ints)
-
-    args = ((dout,) if has_dout else ()) + ((dlse,) if has_dlse else ()) + (q, k, v, slopes, out, lse) + ints
-    dq, dk, dv = _fold_vmap(backward)(*args)
+    args, unpack = _varlen.cotangent_operands(dout, dlse, q, k, v, slopes, out, lse, *ints)
+    dq, dk, dv = _fold_vmap(lambda *args: _rows_backward(spec, *unpack(args)))(*args)
     return dq, dk, dv, None, None  # slopes (constants, as in flash_mha) and the integer operands
 
 
@@ -284,14 +264,6 @@ _rows.defvjp(_rows_fwd, _rows_bwd, symbolic_zeros=True)
 
 
 # --- jax.nn.dot_product_attention's sequence lengths ---------------------------------------------
-
-
-def _concrete(x):
-    """x as a numpy array, or None when it is traced."""
-    try:
-        return np.asarray(x)
-    except Exception:  # noqa: BLE001 - a tracer (TracerArrayConversionError and kin)
-        return None
 
 
 def lengths_attention(query, key, value, scale, is_causal, query_seq_lengths, key_value_seq_lengths,
@@ -312,22 +284,22 @@ def lengths_attention(query, key, value, scale, is_causal, query_seq_lengths, ke
     seqlen_k = k.shape[1]
     if 2 * batch > MAX_SEQUENCES:
         return None
-    lengths, concrete = [], []
+    lengths, known = [], []
     for given, full in ((query_seq_lengths, seqlen_q), (key_value_seq_lengths, seqlen_k)):
         if given is None:
             lengths.append(jnp.full((batch,), full, jnp.int32))
-            concrete.append(np.full((batch,), full, np.int32))
+            known.append(np.full((batch,), full, np.int32))
             continue
         # Concrete values are read from what the caller gave: under jit, even jnp.asarray of a
         # numpy array is traced.
-        concrete.append(_concrete(given))
+        known.append(concrete(given))
         given = jnp.asarray(given)  # as jax.nn does, which checks the rest (we leave errors to it)
         if given.shape != (batch,) or given.dtype != jnp.int32:
             return None
         lengths.append(given)
     lq, lk = lengths
-    checked = all(c is not None for c in concrete)
-    if checked and not _lengths_layout(*concrete, seqlen_q, seqlen_k, bool(is_causal), xp=np)[2]:
+    checked = all(c is not None for c in known)
+    if checked and not _lengths_layout(*known, seqlen_q, seqlen_k, bool(is_causal), xp=np)[2]:
         return None
     if softmax_scale is None:
         softmax_scale = head_dim ** -0.5
@@ -369,7 +341,7 @@ def _check_max_segments(max_segments, segment_ids, batch, seqlen):
     counted from concrete segment_ids (the caller's object: under jit, even jnp.asarray of a
     numpy array is traced)."""
     _check_segment_ids(segment_ids, batch, seqlen)
-    ids = _concrete(segment_ids)
+    ids = concrete(segment_ids)
     runs = None if ids is None else segment_runs(ids, xp=np)[1]
     if max_segments is None:
         if runs is None:

@@ -15,6 +15,14 @@ def _dtype_names():
     return ", ".join(d.name for d in SUPPORTED_DTYPES)
 
 
+def concrete(x):
+    """x as a numpy array, or None when it is traced."""
+    try:
+        return np.asarray(x)
+    except Exception:  # noqa: BLE001 - a tracer (TracerArrayConversionError and kin)
+        return None
+
+
 def check_qkv(q, k, v):
     """Checks shapes and dtypes of q, k, v ([batch, seq, heads, head_dim])."""
     for name, x in (("q", q), ("k", k), ("v", v)):
@@ -133,9 +141,8 @@ def check_cu_seqlens(name, cu_seqlens, total, max_seqlen, batch=None):
     if batch is not None and cu_seqlens.shape[0] != batch + 1:
         raise ValueError(f"flash_mha_varlen: {name} has {cu_seqlens.shape[0] - 1} sequences but cu_seqlens_q "
                          f"has {batch}")
-    try:
-        values = np.asarray(cu_seqlens)
-    except Exception:  # traced: checked on the device instead (see flash_mha_varlen)
+    values = concrete(cu_seqlens)
+    if values is None:  # traced: checked on the device instead (see flash_mha_varlen)
         return jnp.asarray(cu_seqlens)
     lengths = np.diff(values)
     if values[0] != 0 or values[-1] != total or (lengths < 0).any():
@@ -213,9 +220,6 @@ def check_kvcache_args(q, k_cache, v_cache, k, v, cache_seqlens, block_table, nu
 
 def _check_concrete_range(name, arg, x, lo, hi, what):
     """Concrete values must lie in [lo, hi]; traced ones are made safe by the caller."""
-    try:
-        values = np.asarray(x)
-    except Exception:  # traced
-        return
-    if values.size and (values.min() < lo or values.max() > hi):
+    values = concrete(x)
+    if values is not None and values.size and (values.min() < lo or values.max() > hi):
         raise ValueError(f"{name}: {arg} must hold {what} in [{lo}, {hi}], got {values.tolist()}")

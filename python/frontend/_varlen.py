@@ -149,28 +149,39 @@ def _forward(q, k, v, cu_q, cu_k, slopes, options):
         cuda=functools.partial(_kernel_fwd, options=options), default=options.reference)
 
 
-def _backward(dout, dlse, q, k, v, out, lse, cu_q, cu_k, slopes, options):
-    """dq, dk, dv for cotangents dout of out and dlse of lse (None: zero; not both)."""
+def kernel_backward(dout, dlse, q, k, v, out, lse, cu_q, cu_k, slopes, options):
+    """dq, dk, dv from the varlen backward kernel calls (one per cotangent), dk and dv
+    summed over GQA groups; lse [heads, total_q]."""
+    call = lambda dout, out, v: _kernel_bwd_call(dout, q, k, v, out, lse, cu_q, cu_k, slopes, options)
+    dq, dk, dv = combine_backward_calls(call, dout, dlse, q, k, v, out, lse, lse_to_rows=jnp.transpose)
+    return dq, sum_head_groups(dk, k), sum_head_groups(dv, v)
+
+
+def cotangent_operands(dout, dlse, *operands):
+    """(args, unpack): the operands led by dout and dlse where they are not None (the
+    calls that take them, platform_dependent and vmap, take arrays only), and
+    unpack(args) -> (dout or None, dlse or None, *operands)."""
     has_dout, has_dlse = dout is not None, dlse is not None
 
     def unpack(args):
         args = list(args)
-        dout = args.pop(0) if has_dout else None
-        dlse = args.pop(0) if has_dlse else None
-        return (dout, dlse, *args)
+        return (args.pop(0) if has_dout else None, args.pop(0) if has_dlse else None, *args)
+
+    return ((dout,) if has_dout else ()) + ((dlse,) if has_dlse else ()) + operands, unpack
+
+
+def _backward(dout, dlse, q, k, v, out, lse, cu_q, cu_k, slopes, options):
+    """dq, dk, dv for cotangents dout of out and dlse of lse (None: zero; not both)."""
+    args, unpack = cotangent_operands(dout, dlse, q, k, v, out, lse, cu_q, cu_k, slopes)
 
     def kernel(*args):
-        dout, dlse, q, k, v, out, lse, cu_q, cu_k, slopes = unpack(args)
-        call = lambda dout, out, v: _kernel_bwd_call(dout, q, k, v, out, lse, cu_q, cu_k, slopes, options)
-        dq, dk, dv = combine_backward_calls(call, dout, dlse, q, k, v, out, lse, lse_to_rows=jnp.transpose)
-        return dq, sum_head_groups(dk, k), sum_head_groups(dv, v)
+        return kernel_backward(*unpack(args), options)
 
     def reference(*args):
         dout, dlse, q, k, v, out, lse, cu_q, cu_k, slopes = unpack(args)
         (o, l), vjp = jax.vjp(lambda q, k, v: options.reference(q, k, v, cu_q, cu_k, slopes), q, k, v)
         return vjp((jnp.zeros_like(o) if dout is None else dout, jnp.zeros_like(l) if dlse is None else dlse))
 
-    args = ((dout,) if has_dout else ()) + ((dlse,) if has_dlse else ()) + (q, k, v, out, lse, cu_q, cu_k, slopes)
     return tuple(jax.lax.platform_dependent(*args, cuda=kernel, default=reference))
 
 
