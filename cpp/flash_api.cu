@@ -1,6 +1,7 @@
 // The C ABI of cpp/include/jax_flash_attn/flash_attn.h over FlashAttention-2's
-// kernels: argument checks, the params structs, and dispatch by dtype, head
-// dim and causality. Everything both bindings share lives here.
+// kernels and our Hopper kernels (sm90/): argument checks, the params structs,
+// and dispatch by GPU, dtype, head dim and causality. Everything both bindings
+// share lives here.
 
 #include "jax_flash_attn/flash_attn.h"
 
@@ -8,8 +9,10 @@
 #include <cutlass/numeric_types.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <stdexcept>
@@ -18,6 +21,7 @@
 #include <c10/cuda/CUDAException.h>  // jfa::CudaError, thrown by the launch templates
 
 #include "flash.h"
+#include "flash_sm90.h"  // jfa_sm90::*: weak, null unless linked
 
 namespace FLASH_NAMESPACE {
 
@@ -215,6 +219,21 @@ int current_device_sms(int* device) {
   return sms;
 }
 
+// A window as the kernels take it, relative to the bottom-right-aligned
+// diagonal: query i sees key j when i + sk - sq - left <= j <= i + sk - sq +
+// right, a negative side being unbounded. Causal is (-1, 0) (a left window
+// kept); a side that reaches past every key is unbounded.
+struct Window {
+  int64_t left, right;
+};
+
+Window normalized_window(const jfa_attention_shape& s) {
+  Window w{s.window_left, s.is_causal ? 0 : s.window_right};
+  if (w.left >= s.seqlen_k) w.left = -1;
+  if (w.right >= s.seqlen_k) w.right = -1;
+  return w;
+}
+
 // Fills what the forward and backward params share. Layouts are dense
 // [batch, seq, heads, dim], so strides follow from the shape.
 void fill_fwd(Flash_fwd_params& p, const jfa_attention_shape& s, const void* q, const void* k,
@@ -259,12 +278,8 @@ void fill_fwd(Flash_fwd_params& p, const jfa_attention_shape& s, const void* q, 
   p.rp_dropout = 1.f;
   p.scale_softmax_rp_dropout = p.scale_softmax;
 
-  // Windows are relative to the bottom-right-aligned diagonal: query i sees
-  // key j when i + sk - sq - left <= j <= i + sk - sq + right. Causal is the
-  // window (-1, 0); the kernels take that case on their causal path.
-  int64_t left = s.window_left, right = s.is_causal ? 0 : s.window_right;
-  if (left >= s.seqlen_k) left = -1;
-  if (right >= s.seqlen_k) right = -1;
+  // The kernels take the window (-1, 0) on their causal path.
+  auto [left, right] = normalized_window(s);
   p.is_causal = left < 0 && right == 0;
   // A one-sided window: the open side must reach every key from every query.
   const int64_t unbounded = s.seqlen_k + s.seqlen_q;
@@ -297,17 +312,166 @@ void launch_check(const char* what) {
   }
 }
 
+// --- Our Hopper kernels (sm90/flash_sm90.h) -------------------------------
+
+// The Hopper forward's params for a dense call of shape s (no pointers yet).
+jfa_sm90::FwdParams sm90_params(const jfa_attention_shape& s) {
+  jfa_sm90::FwdParams p{};
+  p.batch = static_cast<int>(s.batch);
+  p.seqlen_q = static_cast<int>(s.seqlen_q);
+  p.seqlen_k = static_cast<int>(s.seqlen_k);
+  p.heads = static_cast<int>(s.num_heads);
+  p.heads_k = static_cast<int>(s.num_heads_k);
+  p.head_dim = static_cast<int>(s.head_dim);
+  p.bf16 = s.dtype == JFA_BFLOAT16;
+  p.softmax_scale = s.softmax_scale;
+  const Window w = normalized_window(s);
+  p.window_left = static_cast<int>(w.left);
+  p.window_right = static_cast<int>(w.right);
+  return p;
+}
+
+// Linked (--//cpp:sm90_kernels on a build for sm_90) and covering p.
+bool sm90_supports(const jfa_sm90::FwdParams& p) {
+  return jfa_sm90::fwd_supported != nullptr && jfa_sm90::run_fwd != nullptr &&
+         jfa_sm90::fwd_supported(p);
+}
+
+// The dispatch rule, written once: jfa_fwd_uses_sm90 publishes it and
+// mha_fwd follows it. sm_90a code runs on compute capability 9.0 only (its
+// wgmma and setmaxnreg are not carried to later GPUs); ALiBi, softcap and
+// packed sequences are FlashAttention-2's alone.
+bool uses_sm90(const jfa_attention_shape& s, bool has_alibi, bool is_varlen, int cc_major,
+               int cc_minor) {
+  if (is_varlen || has_alibi || s.softcap != 0.f) return false;
+  if (cc_major != 9 || cc_minor != 0) return false;
+  return sm90_supports(sm90_params(s));
+}
+
+// The Hopper backward's params for a dense call of shape s (no pointers yet).
+jfa_sm90::BwdParams sm90_bwd_params(const jfa_attention_shape& s) {
+  const jfa_sm90::FwdParams f = sm90_params(s);
+  jfa_sm90::BwdParams p{};
+  p.batch = f.batch;
+  p.seqlen_q = f.seqlen_q;
+  p.seqlen_k = f.seqlen_k;
+  p.heads = f.heads;
+  p.heads_k = f.heads_k;
+  p.head_dim = f.head_dim;
+  p.bf16 = f.bf16;
+  p.softmax_scale = f.softmax_scale;
+  p.window_left = f.window_left;
+  p.window_right = f.window_right;
+  return p;
+}
+
+// The backward's rule: the forward's, for the head dims the Hopper backward
+// covers, and not deterministic (it adds dQ with float32 reductions whose
+// order varies).
+bool uses_sm90_bwd(const jfa_attention_shape& s, bool has_alibi, bool is_varlen, int cc_major,
+                   int cc_minor) {
+  if (s.deterministic || !uses_sm90(s, has_alibi, is_varlen, cc_major, cc_minor)) return false;
+  return jfa_sm90::bwd_supported != nullptr && jfa_sm90::run_bwd != nullptr &&
+         jfa_sm90::bwd_supported(sm90_bwd_params(s));
+}
+
+// What jfa_has_sm90_kernel asks about: an ordinary call of that dtype and
+// head dim (one 128-row tile, no window).
+jfa_attention_shape ordinary_call(jfa_dtype dtype, int64_t head_dim) {
+  jfa_attention_shape s{};
+  s.batch = s.num_heads = s.num_heads_k = 1;
+  s.seqlen_q = s.seqlen_k = 128;
+  s.head_dim = head_dim;
+  s.dtype = dtype;
+  s.softmax_scale = 1.f;
+  s.window_left = s.window_right = -1;
+  return s;
+}
+
+// JAX_FLASH_ATTN_SM90=0 keeps every call on FlashAttention-2. Read at each
+// call, so that one process (a test) can run both paths on the same inputs.
+bool sm90_enabled_by_env() {
+  const char* value = std::getenv("JAX_FLASH_ATTN_SM90");
+  return value == nullptr || std::strcmp(value, "0") != 0;
+}
+
+// The compute capability of the current device (XLA makes the call's device
+// current), cached per device ordinal since it cannot change while the
+// process runs; ordinals past the cache are asked each time.
+void current_device_cc(int* major, int* minor) {
+  int device = 0;
+  cuda_check(cudaGetDevice(&device), "cudaGetDevice");
+  static std::atomic<int> cache[64];  // (major << 8 | minor) + 1; 0: not asked yet
+  const bool cached = device >= 0 && device < 64;
+  int packed = cached ? cache[device].load(std::memory_order_relaxed) : 0;
+  if (packed == 0) {
+    cuda_check(cudaDeviceGetAttribute(major, cudaDevAttrComputeCapabilityMajor, device),
+               "cudaDeviceGetAttribute(ComputeCapabilityMajor)");
+    cuda_check(cudaDeviceGetAttribute(minor, cudaDevAttrComputeCapabilityMinor, device),
+               "cudaDeviceGetAttribute(ComputeCapabilityMinor)");
+    packed = (*major << 8 | *minor) + 1;
+    if (cached) cache[device].store(packed, std::memory_order_relaxed);
+  }
+  *major = (packed - 1) >> 8;
+  *minor = (packed - 1) & 0xff;
+}
+
+void sm90_fwd(const jfa_fwd_args& a, cudaStream_t stream) {
+  jfa_sm90::FwdParams p = sm90_params(a.shape);
+  p.q = a.q;
+  p.k = a.k;
+  p.v = a.v;
+  p.out = a.out;
+  p.lse = a.softmax_lse;
+  cuda_check(jfa_sm90::run_fwd(p, stream), "Hopper (sm_90a) attention forward");
+  launch_check("Hopper (sm_90a) attention forward launch");
+}
+
 void mha_fwd(const jfa_fwd_args& a, cudaStream_t stream, const Varlen* varlen = nullptr) {
   check_shape(a.shape);
   require(a.q && a.k && a.v && a.out && a.softmax_lse, "null tensor pointer in forward arguments");
   if (varlen) check_varlen(*varlen);
+  // The FlashAttention-2 kernels are required even where the Hopper forward
+  // runs: the backward needs them, and which calls a build refuses should not
+  // depend on the GPU.
   Kernels kernels = require_kernels(a.shape);
+  if (!varlen && sm90_enabled_by_env()) {
+    int major = 0, minor = 0;
+    current_device_cc(&major, &minor);
+    if (uses_sm90(a.shape, a.alibi_slopes != nullptr, false, major, minor)) {
+      sm90_fwd(a, stream);
+      return;
+    }
+  }
   Flash_fwd_params p;
   fill_fwd(p, a.shape, a.q, a.k, a.v, a.out, a.softmax_lse, a.alibi_slopes,
            a.alibi_slopes_batch_stride);
   if (varlen) set_varlen(p, *varlen);
   kernels.fwd[p.is_causal ? 1 : 0](p, stream);
   launch_check("flash attention forward launch");
+}
+
+// The scratch sizes are jfa_bwd_workspace_elems', which cover both backwards.
+void sm90_bwd(const jfa_bwd_args& a, cudaStream_t stream) {
+  jfa_sm90::BwdParams p = sm90_bwd_params(a.shape);
+  p.q = a.q;
+  p.k = a.k;
+  p.v = a.v;
+  p.out = a.out;
+  p.dout = a.dout;
+  p.lse = a.softmax_lse;
+  p.dq = a.dq;
+  p.dk = a.dk;
+  p.dv = a.dv;
+  p.dq_accum = a.dq_accum;
+  p.softmax_d = a.softmax_d;
+  const jfa_sm90::BwdScratch need = jfa_sm90::bwd_scratch_elems(
+      a.shape.batch, a.shape.num_heads, a.shape.seqlen_q, a.shape.head_dim);
+  require(a.dq_accum_elems >= need.dq_accum, "dq_accum has " + std::to_string(a.dq_accum_elems) +
+                                                 " float32 elements, needs " +
+                                                 std::to_string(need.dq_accum));
+  cuda_check(jfa_sm90::run_bwd(p, stream), "Hopper (sm_90a) attention backward");
+  launch_check("Hopper (sm_90a) attention backward launch");
 }
 
 void mha_bwd(const jfa_bwd_args& a, cudaStream_t stream, const Varlen* varlen = nullptr) {
@@ -318,6 +482,14 @@ void mha_bwd(const jfa_bwd_args& a, cudaStream_t stream, const Varlen* varlen = 
           "null tensor pointer in backward arguments");
   if (varlen) check_varlen(*varlen);
   Kernels kernels = require_kernels(s);
+  if (!varlen && sm90_enabled_by_env()) {
+    int major = 0, minor = 0;
+    current_device_cc(&major, &minor);
+    if (uses_sm90_bwd(s, a.alibi_slopes != nullptr, false, major, minor)) {
+      sm90_bwd(a, stream);
+      return;
+    }
+  }
   Flash_bwd_params p;
   fill_fwd(p, s, a.q, a.k, a.v, a.out, a.softmax_lse, a.alibi_slopes, a.alibi_slopes_batch_stride);
   if (varlen) set_varlen(p, *varlen);
@@ -487,6 +659,12 @@ void jfa_bwd_workspace_elems(const jfa_attention_shape* s, int num_sms, int64_t*
   const int64_t splits = s->deterministic ? deterministic_splits(*s, num_sms) : 1;
   *dq_accum_elems = splits * dq_accum_split_elems(*s);
   *softmax_d_elems = s->batch * s->num_heads * round_up(s->seqlen_q, 128);
+  // The Hopper backward's, whichever GPU runs it (FlashAttention-2's dq_accum
+  // is never smaller).
+  const jfa_sm90::BwdScratch sm90 =
+      jfa_sm90::bwd_scratch_elems(s->batch, s->num_heads, s->seqlen_q, s->head_dim);
+  *dq_accum_elems = std::max(*dq_accum_elems, sm90.dq_accum);
+  *softmax_d_elems = std::max(*softmax_d_elems, sm90.row_stats);
 }
 
 void jfa_varlen_bwd_workspace_elems(const jfa_attention_shape* s, int64_t total_q, int num_sms,
@@ -570,18 +748,45 @@ int jfa_has_kernel(jfa_dtype dtype, int64_t head_dim) {
   return k.fwd[0] && k.fwd[1] && k.bwd[0] && k.bwd[1];
 }
 
+int jfa_has_sm90_kernel(jfa_dtype dtype, int64_t head_dim) {
+  const jfa_attention_shape s = ordinary_call(dtype, head_dim);
+  return jfa_fwd_uses_sm90(&s, 0, 0, 9, 0);
+}
+
+int jfa_has_sm90_bwd_kernel(jfa_dtype dtype, int64_t head_dim) {
+  const jfa_attention_shape s = ordinary_call(dtype, head_dim);
+  return jfa_bwd_uses_sm90(&s, 0, 0, 9, 0);
+}
+
+int jfa_fwd_uses_sm90(const jfa_attention_shape* shape, int has_alibi, int is_varlen,
+                      int cc_major, int cc_minor) {
+  if (shape == nullptr || guarded(nullptr, 0, [&] { check_shape(*shape); }) != JFA_OK) return 0;
+  return uses_sm90(*shape, has_alibi != 0, is_varlen != 0, cc_major, cc_minor);
+}
+
+int jfa_bwd_uses_sm90(const jfa_attention_shape* shape, int has_alibi, int is_varlen,
+                      int cc_major, int cc_minor) {
+  if (shape == nullptr || guarded(nullptr, 0, [&] { check_shape(*shape); }) != JFA_OK) return 0;
+  return uses_sm90_bwd(*shape, has_alibi != 0, is_varlen != 0, cc_major, cc_minor);
+}
+
 const char* jfa_build_config(void) {
   static const std::string config = [] {
-    std::string kernels;
+    std::string kernels, sm90, sm90_bwd;
     for (jfa_dtype dtype : {JFA_FLOAT16, JFA_BFLOAT16}) {
       for (int d : {32, 64, 96, 128, 192, 256}) {
         if (jfa_has_kernel(dtype, d)) {
           kernels += std::string(kernels.empty() ? "" : " ") + dtype_name(dtype) + "/" +
                      std::to_string(d);
         }
+        const std::string name = dtype_name(dtype) + std::string("/") + std::to_string(d);
+        if (jfa_has_sm90_kernel(dtype, d)) sm90 += (sm90.empty() ? "" : " ") + name;
+        if (jfa_has_sm90_bwd_kernel(dtype, d)) sm90_bwd += (sm90_bwd.empty() ? "" : " ") + name;
       }
     }
-    return "kernels: " + (kernels.empty() ? std::string("none") : kernels);
+    return "kernels: " + (kernels.empty() ? std::string("none") : kernels) +
+           (sm90.empty() ? "" : "; sm90 forward: " + sm90) +
+           (sm90_bwd.empty() ? "" : "; sm90 backward: " + sm90_bwd);
   }();
   return config.c_str();
 }

@@ -14,6 +14,12 @@
 //   kvcache_splits(batch, seqlen_q, seqlen_k, num_heads, head_dim, num_splits,
 //                  num_sms) -> (splits, workspace_elems)   (num_splits 0: heuristic)
 //   num_sms(device=-1) -> int   (RuntimeError without a GPU)
+//   has_sm90_kernel(dtype, head_dim, backward=False) -> bool   (our Hopper kernels cover them)
+//   uses_sm90(dtype, batch, seqlen_q, seqlen_k, num_heads, num_heads_k, head_dim,
+//             cc_major, cc_minor, is_causal=False, window_left=-1, window_right=-1,
+//             softcap=0.0, has_alibi=False, is_varlen=False, backward=False,
+//             deterministic=False) -> bool
+//                        (the C ABI's dispatch rules, jfa_fwd_uses_sm90 / jfa_bwd_uses_sm90)
 // All arguments are positional-only.
 //
 // The FFI contract (both bindings decode it alike):
@@ -36,6 +42,9 @@
 #include <cuda_runtime_api.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -351,6 +360,12 @@ jfa_dtype parse_dtype(const std::string& name) {
   throw py::value_error("dtype must be 'float16' or 'bfloat16', got '" + name + "'");
 }
 
+// Integers the C ABI takes as int, saturated: past int32 a window is as
+// unbounded, and a compute capability as far from 9.0, as at the limit.
+int saturate(int64_t x) {
+  return static_cast<int>(std::clamp<int64_t>(x, INT32_MIN, INT32_MAX));
+}
+
 int query_num_sms(int64_t device) {
   if (device < -1 || device > INT32_MAX) {
     throw py::value_error("device must be -1 (all) or a CUDA device ordinal, got " +
@@ -403,6 +418,45 @@ PYBIND11_MODULE(_jax_flash_attn_cpp, m) {
   m.def("has_kvcache_kernel", [](const std::string& dtype, int64_t head_dim) {
     return jfa_has_kvcache_kernel(parse_dtype(dtype), head_dim) != 0;
   });
+  m.def(
+      "has_sm90_kernel",
+      [](const std::string& dtype, int64_t head_dim, bool backward) {
+        const jfa_dtype t = parse_dtype(dtype);
+        return (backward ? jfa_has_sm90_bwd_kernel(t, head_dim) : jfa_has_sm90_kernel(t, head_dim)) != 0;
+      },
+      py::arg("dtype"), py::arg("head_dim"), py::arg("backward").noconvert() = false, py::pos_only());
+  m.def(
+      "uses_sm90",
+      [](const std::string& dtype, int64_t batch, int64_t seqlen_q, int64_t seqlen_k,
+         int64_t num_heads, int64_t num_heads_k, int64_t head_dim, int64_t cc_major,
+         int64_t cc_minor, bool is_causal, int64_t window_left, int64_t window_right,
+         double softcap, bool has_alibi, bool is_varlen, bool backward, bool deterministic) {
+        jfa_attention_shape s{};
+        s.dtype = parse_dtype(dtype);
+        s.batch = batch;
+        s.seqlen_q = seqlen_q;
+        s.seqlen_k = seqlen_k;
+        s.num_heads = num_heads;
+        s.num_heads_k = num_heads_k;
+        s.head_dim = head_dim;
+        s.softmax_scale = 1.f;  // the rule does not depend on it
+        s.is_causal = is_causal;
+        s.window_left = saturate(window_left);
+        s.window_right = saturate(window_right);
+        // As Rust's `as f32`: out of float's range is an infinity (refused).
+        s.softcap = std::fabs(softcap) <= FLT_MAX ? static_cast<float>(softcap)
+                                                  : std::copysign(INFINITY, softcap);
+        s.deterministic = deterministic;
+        return (backward ? jfa_bwd_uses_sm90 : jfa_fwd_uses_sm90)(
+                   &s, has_alibi, is_varlen, saturate(cc_major), saturate(cc_minor)) != 0;
+      },
+      py::arg("dtype"), py::arg("batch"), py::arg("seqlen_q"), py::arg("seqlen_k"),
+      py::arg("num_heads"), py::arg("num_heads_k"), py::arg("head_dim"), py::arg("cc_major"),
+      py::arg("cc_minor"), py::arg("is_causal").noconvert() = false, py::arg("window_left") = -1,
+      py::arg("window_right") = -1, py::arg("softcap") = 0.0,
+      py::arg("has_alibi").noconvert() = false, py::arg("is_varlen").noconvert() = false,
+      py::arg("backward").noconvert() = false, py::arg("deterministic").noconvert() = false,
+      py::pos_only());
   m.def("build_config", [] { return std::string(jfa_build_config()); });
   m.def("abi_version", [] { return jfa_abi_version(); });
   m.def(

@@ -69,16 +69,19 @@ def test_extension_surface(flash):
     targets = ext.registrations()
     assert set(targets) == {"fwd", "bwd", "varlen_fwd", "varlen_bwd", "kvcache_fwd"}
     assert all(type(c).__name__ == "PyCapsule" for c in targets.values())
-    assert ext.abi_version() == 4
+    assert ext.abi_version() == 5
     assert flash.build_config().startswith("kernels: ")
     # The default build (and CI) compiles bfloat16 with head_dim 128.
     assert flash.has_kernel("bfloat16", 128)
     assert flash.has_kernel("bfloat16", 120) == flash.has_kernel("bfloat16", 128)  # same bucket
     with pytest.raises(ValueError, match="dtype must be 'float16' or 'bfloat16'"):
         flash.has_kernel("float32", 128)
-    # dq_accum is [batch, round128(seqlen_q), heads, round32(head_dim)], softmax_d [batch, heads, round128(seqlen_q)]
-    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72)) == (2 * 128 * 4 * 96, 2 * 4 * 128)
+    # dq_accum is [batch, round128(seqlen_q), heads, round32(head_dim)]; softmax_d the larger of
+    # FlashAttention-2's [batch, heads, round128(seqlen_q)] and the Hopper backward's two
+    # [batch, heads, round64(seqlen_q)] (here 2 * 4 * 128 and 2 * 2 * 4 * 128).
+    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72)) == (2 * 128 * 4 * 96, 2 * 2 * 4 * 128)
     # Deterministic: ceil(num_sms / (batch * heads)) copies of dq_accum, at least one.
-    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72, True, 132)) == (17 * 2 * 128 * 4 * 96, 2 * 4 * 128)
-    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72, True, 4)) == (2 * 128 * 4 * 96, 2 * 4 * 128)
-    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72, False, 132)) == (2 * 128 * 4 * 96, 2 * 4 * 128)
+    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72, True, 132)) == (17 * 2 * 128 * 4 * 96, 2 * 2 * 4 * 128)
+    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72, True, 4)) == (2 * 128 * 4 * 96, 2 * 2 * 4 * 128)
+    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72, False, 132)) == (2 * 128 * 4 * 96, 2 * 2 * 4 * 128)
+

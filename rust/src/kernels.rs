@@ -11,7 +11,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 
-pub const JFA_ABI_VERSION: c_int = 4;
+pub const JFA_ABI_VERSION: c_int = 5;
 
 // jfa_status
 pub const JFA_OK: c_int = 0;
@@ -217,6 +217,22 @@ extern "C" {
     ) -> c_int;
     pub fn jfa_has_kvcache_kernel(dtype: c_int, head_dim: i64) -> c_int;
     pub fn jfa_has_kernel(dtype: c_int, head_dim: i64) -> c_int;
+    pub fn jfa_has_sm90_kernel(dtype: c_int, head_dim: i64) -> c_int;
+    pub fn jfa_fwd_uses_sm90(
+        shape: *const AttentionShape,
+        has_alibi: c_int,
+        is_varlen: c_int,
+        cc_major: c_int,
+        cc_minor: c_int,
+    ) -> c_int;
+    pub fn jfa_has_sm90_bwd_kernel(dtype: c_int, head_dim: i64) -> c_int;
+    pub fn jfa_bwd_uses_sm90(
+        shape: *const AttentionShape,
+        has_alibi: c_int,
+        is_varlen: c_int,
+        cc_major: c_int,
+        cc_minor: c_int,
+    ) -> c_int;
     pub fn jfa_build_config() -> *const c_char;
     pub fn jfa_abi_version() -> c_int;
 }

@@ -14,6 +14,12 @@
 //!   kvcache_splits(batch, seqlen_q, seqlen_k, num_heads, head_dim, num_splits,
 //!                  num_sms) -> (splits, workspace_elems)   (num_splits 0: heuristic)
 //!   num_sms(device=-1) -> int   (RuntimeError without a GPU)
+//!   has_sm90_kernel(dtype, head_dim, backward=False) -> bool   (our Hopper kernels cover them)
+//!   uses_sm90(dtype, batch, seqlen_q, seqlen_k, num_heads, num_heads_k, head_dim,
+//!             cc_major, cc_minor, is_causal=False, window_left=-1, window_right=-1,
+//!             softcap=0.0, has_alibi=False, is_varlen=False, backward=False,
+//!             deterministic=False) -> bool
+//!                        (the C ABI's dispatch rules, jfa_fwd_uses_sm90 / jfa_bwd_uses_sm90)
 //! All arguments are positional-only.
 //!
 //! The Python module is left out of the unit tests (`cfg(test)`): a test
@@ -117,6 +123,88 @@ mod python {
         let dtype = parse_dtype(&dtype)?;
         // SAFETY: a pure query of the library.
         Ok(unsafe { kernels::jfa_has_kvcache_kernel(dtype, head_dim) } != 0)
+    }
+
+    #[pyfunction]
+    #[pyo3(signature = (dtype, head_dim, backward=false, /))]
+    fn has_sm90_kernel(
+        #[pyo3(from_py_with = string_arg)] dtype: String,
+        #[pyo3(from_py_with = int64_arg)] head_dim: i64,
+        backward: bool,
+    ) -> PyResult<bool> {
+        let dtype = parse_dtype(&dtype)?;
+        // SAFETY: pure queries of the library.
+        Ok(unsafe {
+            if backward {
+                kernels::jfa_has_sm90_bwd_kernel(dtype, head_dim)
+            } else {
+                kernels::jfa_has_sm90_kernel(dtype, head_dim)
+            }
+        } != 0)
+    }
+
+    /// Integers the C ABI takes as int, saturated as the C++ binding does: past
+    /// int32 a window is as unbounded, and a compute capability as far from
+    /// 9.0, as at the limit.
+    fn saturate(x: i64) -> i32 {
+        x.clamp(i32::MIN as i64, i32::MAX as i64) as i32
+    }
+
+    #[pyfunction]
+    #[pyo3(signature = (dtype, batch, seqlen_q, seqlen_k, num_heads, num_heads_k, head_dim,
+                        cc_major, cc_minor, is_causal=false, window_left=-1, window_right=-1,
+                        softcap=0.0, has_alibi=false, is_varlen=false, backward=false,
+                        deterministic=false, /))]
+    #[allow(clippy::too_many_arguments)]
+    fn uses_sm90(
+        #[pyo3(from_py_with = string_arg)] dtype: String,
+        #[pyo3(from_py_with = int64_arg)] batch: i64,
+        #[pyo3(from_py_with = int64_arg)] seqlen_q: i64,
+        #[pyo3(from_py_with = int64_arg)] seqlen_k: i64,
+        #[pyo3(from_py_with = int64_arg)] num_heads: i64,
+        #[pyo3(from_py_with = int64_arg)] num_heads_k: i64,
+        #[pyo3(from_py_with = int64_arg)] head_dim: i64,
+        #[pyo3(from_py_with = int64_arg)] cc_major: i64,
+        #[pyo3(from_py_with = int64_arg)] cc_minor: i64,
+        is_causal: bool,
+        #[pyo3(from_py_with = int64_arg)] window_left: i64,
+        #[pyo3(from_py_with = int64_arg)] window_right: i64,
+        softcap: f64,
+        has_alibi: bool,
+        is_varlen: bool,
+        backward: bool,
+        deterministic: bool,
+    ) -> PyResult<bool> {
+        let shape = AttentionShape {
+            batch,
+            seqlen_q,
+            seqlen_k,
+            num_heads,
+            num_heads_k,
+            head_dim,
+            dtype: parse_dtype(&dtype)?,
+            softmax_scale: 1.0, // the rule does not depend on it
+            is_causal: is_causal as i32,
+            window_left: saturate(window_left),
+            window_right: saturate(window_right),
+            softcap: softcap as f32,
+            deterministic: deterministic as i32,
+        };
+        let rule = if backward {
+            kernels::jfa_bwd_uses_sm90
+        } else {
+            kernels::jfa_fwd_uses_sm90
+        };
+        // SAFETY: a pure function of a local.
+        Ok(unsafe {
+            rule(
+                &shape,
+                has_alibi as i32,
+                is_varlen as i32,
+                saturate(cc_major),
+                saturate(cc_minor),
+            )
+        } != 0)
     }
 
     #[pyfunction]
@@ -259,6 +347,8 @@ mod python {
         m.add_function(wrap_pyfunction!(registrations, m)?)?;
         m.add_function(wrap_pyfunction!(has_kernel, m)?)?;
         m.add_function(wrap_pyfunction!(has_kvcache_kernel, m)?)?;
+        m.add_function(wrap_pyfunction!(has_sm90_kernel, m)?)?;
+        m.add_function(wrap_pyfunction!(uses_sm90, m)?)?;
         m.add_function(wrap_pyfunction!(build_config, m)?)?;
         m.add_function(wrap_pyfunction!(abi_version, m)?)?;
         m.add_function(wrap_pyfunction!(bwd_workspace_elems, m)?)?;

@@ -139,6 +139,12 @@ static_assert(
     same<decltype(jfa_mha_kvcache_fwd), int(const jfa_kvcache_fwd_args*, void*, char*, size_t)>);
 static_assert(same<decltype(jfa_has_kvcache_kernel), int(jfa_dtype, int64_t)>);
 static_assert(same<decltype(jfa_has_kernel), int(jfa_dtype, int64_t)>);
+static_assert(same<decltype(jfa_has_sm90_kernel), int(jfa_dtype, int64_t)>);
+static_assert(
+    same<decltype(jfa_fwd_uses_sm90), int(const jfa_attention_shape*, int, int, int, int)>);
+static_assert(same<decltype(jfa_has_sm90_bwd_kernel), int(jfa_dtype, int64_t)>);
+static_assert(
+    same<decltype(jfa_bwd_uses_sm90), int(const jfa_attention_shape*, int, int, int, int)>);
 static_assert(same<decltype(jfa_build_config), const char*()>);
 static_assert(same<decltype(jfa_abi_version), int()>);
 // And the handler type of src/xla_ffi.rs.

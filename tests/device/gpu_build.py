@@ -5,16 +5,20 @@ neither Bazel nor network, and a pybind11 extension must be compiled for the
 Python that imports it. This script mirrors, for that host only, what
 cpp/BUILD.bazel and third_party/cuda/defs.bzl do (keep the nvcc flags in
 step): nvcc compiles the selected FlashAttention-2 kernels from the flash-attn
-sdist, g++ the C ABI and the pybind11 binding, and the packages are assembled
-as python/package.bzl assembles them. A Rust extension built elsewhere with
+sdist, with sm_90 among --archs our Hopper forward (cpp/sm90/*.cu, for sm_90a
+only; --no-sm90 leaves it out, as --//cpp:sm90_kernels=false), and the C ABI;
+g++ the pybind11 binding, and the packages are assembled as
+python/package.bzl assembles them. A Rust extension built elsewhere with
 Bazel (abi3) can be added with --rust-extension.
 
 usage: gpu_build.py --sdist flash_attn-2.8.3.post2.tar.gz --out build/site
                     [--head-dims 64,128,256] [--dtypes fp16,bf16] [--archs sm_90] [--jobs 14] [--no-splitkv]
+                    [--no-sm90]
 """
 
 import argparse
 import concurrent.futures
+import glob
 import os
 import shutil
 import subprocess
@@ -25,8 +29,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NVCC_FLAGS = ["-std=c++17", "-O3", "--use_fast_math", "--expt-relaxed-constexpr", "--expt-extended-lambda",
-              "-Xcompiler=-fPIC", "-DNDEBUG", "-Xcompiler=-Wno-deprecated-declarations",
-              "-DFLASHATTENTION_DISABLE_DROPOUT"]
+              "-Xcompiler=-fPIC", "-DNDEBUG", "-Xcompiler=-Wno-deprecated-declarations"]
+# //cpp:torch_compat's define, seen by the targets that depend on it (not the Hopper forward's).
+FA2_DEFINES = ["-DFLASHATTENTION_DISABLE_DROPOUT"]
 
 
 def run(cmd):
@@ -46,6 +51,8 @@ def main():
     ap.add_argument("--jobs", type=int, default=os.cpu_count())
     ap.add_argument("--no-splitkv", dest="splitkv", action="store_false",
                     help="leave out the split-KV kernels (flash_mha_with_kvcache), as --//cpp:splitkv=false")
+    ap.add_argument("--no-sm90", dest="sm90", action="store_false",
+                    help="leave out our Hopper forward (cpp/sm90), as --//cpp:sm90_kernels=false")
     ap.add_argument("--cuda", default=os.environ.get("CUDA_HOME", "/usr/local/cuda"))
     ap.add_argument("--rust-extension", help="a _jflash_attn_rust.so built by Bazel")
     args = ap.parse_args()
@@ -54,28 +61,41 @@ def main():
     with tarfile.open(args.sdist) as tar:
         tar.extractall(args.work, filter="data")
     src = os.path.join(args.work, os.path.basename(args.sdist)[: -len(".tar.gz")], "csrc")
-    includes = [f"-I{ROOT}/cpp/include", f"-I{ROOT}/cpp/compat", f"-I{src}/flash_attn/src",
+    archs = args.archs.split(",")
+    # flash_api.cu refers to the Hopper forward through cpp/sm90's interface header.
+    includes = [f"-I{ROOT}/cpp/include", f"-I{ROOT}/cpp/compat", f"-I{ROOT}/cpp/sm90", f"-I{src}/flash_attn/src",
                 f"-I{src}/cutlass/include", f"-I{args.cuda}/include"]
-    gencode = [f"-gencode=arch=compute_{a[3:]},code=sm_{a[3:]}" for a in args.archs.split(",")]
+    # The Hopper forward's: its header, cute/ and cutlass/, cuda.h (CUtensorMap).
+    sm90_includes = [f"-I{ROOT}/cpp/sm90", f"-I{src}/cutlass/include", f"-I{args.cuda}/include"]
+    gencode = [f"-gencode=arch=compute_{a[3:]},code=sm_{a[3:]}" for a in archs]
+    # wgmma and setmaxnreg exist only in sm_90a code: the Hopper forward is built for
+    # that alone, and only where the build is for sm_90 (as cpp/BUILD.bazel's select).
+    sm90 = args.sm90 and bool({"sm_90", "sm_90a"} & set(archs))
     nvcc = os.path.join(args.cuda, "bin", "nvcc")
 
     # The longest files first (on the H200 host's 16 cores: split-KV about 6 min,
     # backward 3.5, forward 2), so that the pool stays busy to the end.
     passes = ("fwd_split", "bwd", "fwd") if args.splitkv else ("bwd", "fwd")
-    sources = [f"{src}/flash_attn/src/flash_{p}_hdim{d}_{t}{c}_sm80.cu"
-               for p in passes for d in args.head_dims.split(",")
-               for t in args.dtypes.split(",") for c in ("", "_causal")]
-    sources.append(os.path.join(ROOT, "cpp", "flash_api.cu"))
+    # (path, flags): the Hopper forward first, being one long file.
+    sources = [(path, [*NVCC_FLAGS, "-gencode=arch=compute_90a,code=sm_90a", *sm90_includes])
+               for path in sorted(glob.glob(os.path.join(ROOT, "cpp", "sm90", "*.cu")))] if sm90 else []
+    fa2_flags = [*NVCC_FLAGS, *FA2_DEFINES, *gencode, *includes]
+    sources += [(f"{src}/flash_attn/src/flash_{p}_hdim{d}_{t}{c}_sm80.cu", fa2_flags)
+                for p in passes for d in args.head_dims.split(",")
+                for t in args.dtypes.split(",") for c in ("", "_causal")]
+    sources.append((os.path.join(ROOT, "cpp", "flash_api.cu"), fa2_flags))
 
-    def compile_cu(path):
+    def compile_cu(source):
+        path, flags = source
         obj = os.path.join(args.work, os.path.basename(path) + ".o")
         start = time.time()
-        run([nvcc, *NVCC_FLAGS, *gencode, *includes, "-c", path, "-o", obj])
+        run([nvcc, *flags, "-c", path, "-o", obj])
         print(f"  {time.time() - start:6.1f}s {os.path.basename(path)}", flush=True)
         return obj
 
     start = time.time()
-    print(f"nvcc: {len(sources)} files on {args.jobs} jobs for {args.archs}", flush=True)
+    print(f"nvcc: {len(sources)} files on {args.jobs} jobs for {args.archs}"
+          f"{' (Hopper forward: sm_90a)' if sm90 else ''}", flush=True)
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         objects = list(pool.map(compile_cu, sources))
     buffers = os.path.join(args.work, "ffi_buffers.o")

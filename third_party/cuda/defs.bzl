@@ -4,12 +4,18 @@ rules_cuda cannot be fetched on our build machines, so this file provides the
 one rule we need with the same name and the attributes we use (srcs, hdrs,
 deps, copts, defines, includes). Switching to rules_cuda means changing the
 load() line in cpp/BUILD.bazel to "@rules_cuda//cuda:defs.bzl" and dropping
-this file.
+this file, and pinning the Hopper forward to sm_90a another way: `archs`
+below is ours.
 
 Each .cu file is compiled by nvcc from @cuda in its own action (so Bazel runs
 them in parallel and caches each), for every architecture named by
 --//cpp:cuda_archs, with the include paths and defines of `deps`. The objects
 become an ordinary cc_library linked with the static CUDA runtime.
+
+`archs` (ours) overrides --//cpp:cuda_archs for one target: code that uses an
+architecture-specific feature set, such as Hopper's wgmma and setmaxnreg,
+which exist only for sm_90a (not for plain sm_90, nor any later GPU), is
+compiled for that one architecture whatever the build's list says.
 """
 
 load("@bazel_skylib//rules:common_settings.bzl", "BuildSettingInfo")
@@ -29,10 +35,13 @@ _NVCC_FLAGS = [
 ]
 
 def _gencode_flags(archs):
+    # SASS for each architecture, no PTX: "sm_90a" gives
+    # -gencode=arch=compute_90a,code=sm_90a (the "a" must be on both sides).
     flags = []
     for arch in archs:
-        if not arch.startswith("sm_") or not arch[3:].rstrip("a").isdigit():
-            fail("--//cpp:cuda_archs: %r is not of the form sm_90 or sm_90a" % arch)
+        number = arch[3:-1] if arch.endswith("a") else arch[3:]
+        if not arch.startswith("sm_") or not number.isdigit():
+            fail("CUDA architecture %r is not of the form sm_90 or sm_90a" % arch)
         flags.append("-gencode=arch=compute_{0},code=sm_{0}".format(arch[3:]))
     return flags
 
@@ -45,7 +54,7 @@ def _host_compiler(cc_toolchain):
 
 def _cuda_objects_impl(ctx):
     cc_toolchain = find_cpp_toolchain(ctx)
-    archs = ctx.attr._archs[BuildSettingInfo].value
+    archs = ctx.attr.archs or ctx.attr._archs[BuildSettingInfo].value
     compilation_contexts = [d[CcInfo].compilation_context for d in ctx.attr.deps if CcInfo in d]
     include_flags, defines, headers = [], [], []
     for cc in compilation_contexts:
@@ -84,6 +93,7 @@ _cuda_objects = rule(
         "deps": attr.label_list(providers = [CcInfo]),
         "copts": attr.string_list(),
         "defines": attr.string_list(),
+        "archs": attr.string_list(),
         "_archs": attr.label(default = "//cpp:cuda_archs"),
         "_nvcc": attr.label(default = "@cuda//:nvcc", executable = True, cfg = "exec", allow_single_file = True),
         "_toolkit": attr.label(default = "@cuda//:compiler_files", cfg = "exec"),
@@ -93,14 +103,18 @@ _cuda_objects = rule(
     fragments = ["cpp"],
 )
 
-def cuda_library(name, srcs, hdrs = [], deps = [], copts = [], defines = [], includes = [], **kwargs):
-    """A cc_library whose .cu sources are compiled by nvcc (see the file docstring)."""
+def cuda_library(name, srcs, hdrs = [], deps = [], copts = [], defines = [], includes = [], archs = [], **kwargs):
+    """A cc_library whose .cu sources are compiled by nvcc (see the file docstring).
+
+    archs: e.g. ["sm_90a"]; empty: --//cpp:cuda_archs.
+    """
     _cuda_objects(
         name = name + "_cuda_objects",
         srcs = srcs,
         deps = deps + ["@cuda//:cuda_headers"],
         copts = copts,
         defines = defines,
+        archs = archs,
         tags = kwargs.get("tags", []),
     )
     cc_library(

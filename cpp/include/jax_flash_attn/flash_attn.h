@@ -23,8 +23,10 @@
 extern "C" {
 #endif
 
-/* Bumped whenever a struct below changes layout; bindings check it. */
-#define JFA_ABI_VERSION 4
+/* Bumped whenever a struct below changes layout or functions are added;
+ * bindings check it. 5: jfa_has_sm90_kernel, jfa_fwd_uses_sm90, jfa_has_sm90_bwd_kernel,
+ * jfa_bwd_uses_sm90, and a larger softmax_d from jfa_bwd_workspace_elems. */
+#define JFA_ABI_VERSION 5
 
 typedef enum {
   JFA_OK = 0,
@@ -215,10 +217,13 @@ int jfa_kvcache_fwd_shape_from_buffers(const jfa_buffer* buffers, size_t num_buf
 int32_t jfa_kvcache_num_splits(const jfa_attention_shape* shape, int num_splits, int num_sms);
 int64_t jfa_kvcache_workspace_elems(const jfa_attention_shape* shape, int num_splits);
 
-/* Element counts of the two float32 scratch buffers the backward pass needs.
+/* Element counts of the two float32 scratch buffers the backward pass needs
+ * (either backward: FlashAttention-2's or the Hopper one).
  * num_sms is the SM count of the GPU the backward will run on (jfa_num_sms());
  * only the deterministic backward depends on it: its dq_accum holds
- * ceil(num_sms / (batch * num_heads)) splits (at least 1). */
+ * ceil(num_sms / (batch * num_heads)) splits (at least 1). softmax_d is the
+ * larger of batch * heads * round128(seqlen_q) and 2 * batch * heads *
+ * round64(seqlen_q). */
 void jfa_bwd_workspace_elems(const jfa_attention_shape* shape, int num_sms,
                              int64_t* dq_accum_elems, int64_t* softmax_d_elems);
 
@@ -256,7 +261,43 @@ int jfa_has_kvcache_kernel(jfa_dtype dtype, int64_t head_dim);
  * to the kernel's bucket: 32, 64, 96, 128, 192, 256), else 0. */
 int jfa_has_kernel(jfa_dtype dtype, int64_t head_dim);
 
-/* What this build compiled, e.g. "head_dims=128 dtypes=bf16 archs=sm_90". */
+/* Our Hopper kernels (cpp/sm90/, sm_90a code), linked into builds whose
+ * --//cpp:cuda_archs names sm_90 unless --//cpp:sm90_kernels=false.
+ *
+ * jfa_has_sm90_kernel: 1 when it is linked and has a kernel for the dtype and
+ * head dim (as jfa_mha_fwd receives it: a multiple of 8 in [8, 256]), else 0.
+ *
+ * jfa_fwd_uses_sm90: the rule jfa_mha_fwd dispatches by, as a pure function
+ * (it reads neither the GPU nor the environment): 1 when a forward of this
+ * shape and options, with ALiBi slopes (has_alibi) or not, packed (is_varlen:
+ * jfa_mha_varlen_fwd) or dense, on a GPU of compute capability
+ * cc_major.cc_minor, runs on the Hopper forward; 0 when it runs on
+ * FlashAttention-2. It is 1 exactly when the call is dense, without ALiBi and
+ * softcap, the compute capability is 9.0 (sm_90a code runs on no other GPU),
+ * and the Hopper forward is linked and covers the dtype, head dim, window and
+ * head counts. A shape jfa_check_shape rejects gives 0.
+ *
+ * jfa_mha_fwd applies it with the current device's compute capability unless
+ * the environment variable JAX_FLASH_ATTN_SM90 is "0" (read at each call),
+ * which keeps every call on FlashAttention-2. Both forwards write the same
+ * out and softmax_lse (zeros and +inf for rows that see no key).
+ *
+ * jfa_has_sm90_bwd_kernel and jfa_bwd_uses_sm90: the same for jfa_mha_bwd,
+ * whose rule is the forward's for the head dims the Hopper backward covers,
+ * and never with shape->deterministic (it adds dQ with float32 reductions in
+ * varying order). Either backward consumes either forward's out and
+ * softmax_lse. KV-cache calls always run FlashAttention-2's kernels, and a
+ * dtype and head dim without them is refused as before. */
+int jfa_has_sm90_kernel(jfa_dtype dtype, int64_t head_dim);
+int jfa_fwd_uses_sm90(const jfa_attention_shape* shape, int has_alibi, int is_varlen,
+                      int cc_major, int cc_minor);
+int jfa_has_sm90_bwd_kernel(jfa_dtype dtype, int64_t head_dim);
+int jfa_bwd_uses_sm90(const jfa_attention_shape* shape, int has_alibi, int is_varlen,
+                      int cc_major, int cc_minor);
+
+/* What this build compiled, e.g. "kernels: bfloat16/128" (followed by
+ * "; sm90 forward: bfloat16/128" and "; sm90 backward: bfloat16/128" for the
+ * Hopper kernels' head dims among 32, 64, 96, 128, 192, 256). */
 const char* jfa_build_config(void);
 
 int jfa_abi_version(void);

@@ -539,12 +539,15 @@ fn workspace_sizes_follow_the_sm_count_when_deterministic() {
         unsafe { kernels::jfa_bwd_workspace_elems(shape, sms, &mut dq_accum, &mut softmax_d) };
         (dq_accum, softmax_d)
     };
-    assert_eq!(elems(&shape, 132), (split, 2 * 4 * 128));
+    // softmax_d: the Hopper backward's two [batch, heads, round64(seqlen_q)] rows of
+    // statistics, more than FlashAttention-2's [batch, heads, round128(seqlen_q)] here.
+    let softmax_d = 2 * 2 * 4 * 128;
+    assert_eq!(elems(&shape, 132), (split, softmax_d));
     shape.deterministic = 1;
     // ceil(132 / (2 * 4)) = 17 splits; at least one.
-    assert_eq!(elems(&shape, 132), (17 * split, 2 * 4 * 128));
-    assert_eq!(elems(&shape, 8), (split, 2 * 4 * 128));
-    assert_eq!(elems(&shape, 0), (split, 2 * 4 * 128));
+    assert_eq!(elems(&shape, 132), (17 * split, softmax_d));
+    assert_eq!(elems(&shape, 8), (split, softmax_d));
+    assert_eq!(elems(&shape, 0), (split, softmax_d));
 }
 
 #[test]
@@ -705,6 +708,33 @@ fn the_linked_library_is_the_ci_kernel_set_or_more() {
     assert_eq!(unsafe { kernels::jfa_has_kvcache_kernel(7, 128) }, 0); // not a jfa_dtype
     let config = unsafe { CStr::from_ptr(kernels::jfa_build_config()) }.to_str().unwrap();
     assert!(config.contains("bfloat16/128"), "{config}");
+}
+
+#[test]
+fn the_sm90_dispatch_rule_is_the_headers() {
+    // jfa_fwd_uses_sm90 on the forward specs' shape: compute capability 9.0
+    // only, never with ALiBi, softcap or packed sequences, and on 9.0 exactly
+    // where the linked Hopper forward (the placeholder covers nothing) has the
+    // dtype and head dim.
+    let shape = spec_shape();
+    let uses = |s: &AttentionShape, alibi: i32, varlen: i32, major: i32, minor: i32| unsafe {
+        kernels::jfa_fwd_uses_sm90(s, alibi, varlen, major, minor)
+    };
+    let has = unsafe { kernels::jfa_has_sm90_kernel(kernels::JFA_BFLOAT16, 128) };
+    assert!(has == 0 || has == 1, "{has}");
+    assert_eq!(uses(&shape, 0, 0, 9, 0), has);
+    for (major, minor) in [(8, 0), (8, 6), (8, 9), (9, 1), (10, 0), (12, 0)] {
+        assert_eq!(uses(&shape, 0, 0, major, minor), 0, "cc {major}.{minor}");
+    }
+    assert_eq!(uses(&shape, 1, 0, 9, 0), 0, "ALiBi");
+    assert_eq!(uses(&shape, 0, 1, 9, 0), 0, "varlen");
+    assert_eq!(uses(&AttentionShape { softcap: 5.0, ..shape }, 0, 0, 9, 0), 0, "softcap");
+    // Shapes jfa_check_shape refuses, and no shape at all.
+    assert_eq!(uses(&AttentionShape { head_dim: 100, ..shape }, 0, 0, 9, 0), 0);
+    assert_eq!(uses(&AttentionShape { num_heads_k: 3, ..shape }, 0, 0, 9, 0), 0);
+    assert_eq!(unsafe { kernels::jfa_fwd_uses_sm90(std::ptr::null(), 0, 0, 9, 0) }, 0);
+    assert_eq!(unsafe { kernels::jfa_has_sm90_kernel(7, 128) }, 0); // not a jfa_dtype
+    assert_eq!(unsafe { kernels::jfa_has_sm90_kernel(kernels::JFA_BFLOAT16, 100) }, 0);
 }
 
 #[test]

@@ -1,0 +1,484 @@
+// Hopper-native attention backward (sm_90a), our own kernel.
+//
+// One CTA owns 128 keys of one (batch, head) and walks the query blocks (64
+// rows each) that can see them, accumulating dK and dV in registers and
+// adding its share of dQ into a float32 buffer. Three warpgroups:
+//   producer  (warps 0-3): one thread loads K and V once, then Q and dO
+//             blocks into a ring of stages (TMA, mbarriers).
+//   consumers (warps 4-11): two warpgroups, each owning 64 of the keys. Per
+//             query block, with wgmma:
+//               S^T = K Q^T and dP^T = V dO^T         (both from shared memory)
+//               P^T = exp(scale S^T - lse), dS^T = P^T (dP^T - D)  (registers)
+//               dV += P^T dO, dK += dS^T Q             (P^T, dS^T from registers)
+//               dQ += dS K                             (dS^T through shared memory)
+//             Working with transposes keeps P^T and dS^T in the accumulator
+//             layout that wgmma's register operand takes. The two consumers
+//             exchange dS^T through shared memory, so each computes dQ for
+//             half of the head dim over all 128 keys, and add it to the
+//             float32 buffer with atomics.
+// Small kernels around it compute D = rowsum(dO * O) and convert dQ.
+
+#include "flash_sm90.h"
+
+#include <cmath>
+#include <cstdint>
+
+#include "sm90_common.cuh"
+
+namespace jfa_sm90 {
+namespace {
+
+constexpr int kBwdBlockM = 64;   // query rows per step
+constexpr int kBwdBlockN = 128;  // keys per CTA
+constexpr int kBwdThreads = 384;
+constexpr int kDqStageBytes = kBwdBlockM * 64 * 4;  // a warpgroup's float32 dQ tile
+
+struct BwdArgs {
+  // Per (batch, head), m_blocks * 64 rows each: lse * log2(e) (+inf past
+  // seqlen_q, so that P = 0 there), then D = rowsum(dO * O) (0 past seqlen_q).
+  const float* row_stats;
+  float* dq_accum;  // dQ in 64-row blocks, see dq_convert_kernel
+  void* dk;
+  void* dv;
+  int64_t stats_stride;  // floats from the lse block to the D block
+  int seqlen_q, seqlen_k, heads, group;
+  float scale, scale_log2;
+  int window_left, window_right;
+};
+
+template <int D, int kStages>
+struct BwdSmem {
+  static constexpr int kKVBytes = kBwdBlockN * D * 2;
+  static constexpr int kQBytes = kBwdBlockM * D * 2;
+  static constexpr int kDsBytes = kBwdBlockN * kBwdBlockM * 2;
+  static constexpr int kK = 0;
+  static constexpr int kV = kK + kKVBytes;
+  static constexpr int kQ = kV + kKVBytes;
+  static constexpr int kDO = kQ + kStages * kQBytes;
+  static constexpr int kDs = kDO + kStages * kQBytes;
+  static constexpr int kDq = kDs + 2 * kDsBytes;
+  static constexpr int kBars = kDq + 2 * kDqStageBytes;
+  // kv_full, then q_full, do_full, q_empty per stage.
+  static constexpr int kBytes = kBars + 8 * (1 + 3 * kStages) + 1024;  // + alignment slack
+};
+
+__device__ __forceinline__ void dS_ready() {
+  asm volatile("bar.sync 3, 256;" ::: "memory");
+}
+
+__device__ __forceinline__ void s_dp_turn_wait() {
+  asm volatile("bar.sync 6, 256;" ::: "memory");
+}
+__device__ __forceinline__ void s_dp_turn_pass() {
+  asm volatile("bar.arrive 6, 256;" ::: "memory");
+}
+
+__device__ __forceinline__ void wg_sync(int wg) {
+  asm volatile("bar.sync %0, 128;" ::"r"(4 + wg) : "memory");
+}
+
+// dst[0 .. bytes) += src[0 .. bytes) as float32, asynchronously.
+__device__ __forceinline__ void bulk_reduce_add(float* dst, const float* src, int bytes) {
+  asm volatile(
+      "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n"
+      "cp.async.bulk.commit_group;" ::"l"(dst),
+      "r"(smem_addr(src)), "r"(bytes)
+      : "memory");
+}
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+}
+__device__ __forceinline__ void bulk_wait() {
+  asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+}
+
+template <bool kBf16, int D, int kStages>
+__global__ void __launch_bounds__(kBwdThreads, 1)
+    flash_bwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
+               const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap do_map,
+               const BwdArgs a) {
+  using L = BwdSmem<D, kStages>;
+  constexpr int kBoxes = D / kBoxCols;
+  constexpr int kAcc = D / 2;  // dK, dV floats per thread (m64 x D)
+
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = reinterpret_cast<unsigned char*>(
+      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  unsigned char* sK = smem + L::kK;
+  unsigned char* sV = smem + L::kV;
+  unsigned char* sQ = smem + L::kQ;
+  unsigned char* sdO = smem + L::kDO;
+  unsigned char* sdS = smem + L::kDs;
+  unsigned char* sdQ = smem + L::kDq;
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBars);
+  uint64_t* kv_full = bars;
+  uint64_t* q_full = bars + 1;
+  uint64_t* do_full = bars + 1 + kStages;
+  uint64_t* q_empty = bars + 1 + 2 * kStages;
+
+  const int n_block = blockIdx.x, head = blockIdx.y, batch = blockIdx.z;
+  const int head_k = head / a.group;
+  const int64_t bh = static_cast<int64_t>(batch) * a.heads + head;
+  const int n0 = n_block * kBwdBlockN;
+  const int warpgroup = threadIdx.x / 128;
+
+  if (threadIdx.x == 0) {
+    mbar_init(kv_full, 1);
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(&q_full[s], 1);
+      mbar_init(&do_full[s], 1);
+      mbar_init(&q_empty[s], 8);  // one arrival per consumer warp
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+
+  // Query blocks that see any of keys [n0, n_last].
+  const int offset = a.seqlen_k - a.seqlen_q;
+  const int n_last = min(n0 + kBwdBlockN, a.seqlen_k) - 1;
+  const int q_first = a.window_right < 0 ? 0 : max(0, n0 - offset - a.window_right);
+  const int q_last =
+      a.window_left < 0 ? a.seqlen_q - 1 : min(a.seqlen_q - 1, n_last - offset + a.window_left);
+  const int m_lo = q_first / kBwdBlockM;
+  const int m_blocks = (a.seqlen_q + kBwdBlockM - 1) / kBwdBlockM;
+  const int n_iter = q_last < q_first ? 0 : q_last / kBwdBlockM - m_lo + 1;
+
+  if (warpgroup == 0) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
+    if (threadIdx.x == 0) {
+      prefetch_map(&q_map);
+      prefetch_map(&do_map);
+      mbar_expect_tx(kv_full, 2 * L::kKVBytes);
+      for (int c = 0; c < kBoxes; ++c) {
+        tma_load(sK + c * kBwdBlockN * kBoxRowBytes, &k_map, kv_full, c * kBoxCols, head_k, n0, batch);
+        tma_load(sV + c * kBwdBlockN * kBoxRowBytes, &v_map, kv_full, c * kBoxCols, head_k, n0, batch);
+      }
+      for (int i = 0; i < n_iter; ++i) {
+        const int s = i % kStages, use = i / kStages;
+        const int q0 = (m_lo + i) * kBwdBlockM;
+        if (use > 0) mbar_wait(&q_empty[s], (use - 1) & 1);
+        mbar_expect_tx(&q_full[s], L::kQBytes);
+        for (int c = 0; c < kBoxes; ++c)
+          tma_load(sQ + s * L::kQBytes + c * kBwdBlockM * kBoxRowBytes, &q_map, &q_full[s],
+                   c * kBoxCols, head, q0, batch);
+        mbar_expect_tx(&do_full[s], L::kQBytes);
+        for (int c = 0; c < kBoxes; ++c)
+          tma_load(sdO + s * L::kQBytes + c * kBwdBlockM * kBoxRowBytes, &do_map, &do_full[s],
+                   c * kBoxCols, head, q0, batch);
+      }
+    }
+    return;
+  }
+
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 240;");
+  const int wg = warpgroup - 1;  // keys n0 + 64 wg .. n0 + 64 wg + 63
+  const int lane = threadIdx.x % 32;
+  const int warp = (threadIdx.x / 32) % 4;
+  const int key_local = wg * 64 + warp * 16 + lane / 4;  // and + 8
+  const int key0 = n0 + key_local;
+  const int col = 2 * (lane % 4);  // within each 8-column group, + {0, 1}
+  const int wg_key_lo = n0 + wg * 64, wg_key_hi = wg_key_lo + 63;
+
+  float dv[kAcc], dk[kAcc];
+#pragma unroll
+  for (int i = 0; i < kAcc; ++i) dv[i] = dk[i] = 0.f;
+  float s_acc[32], dp_acc[32], dq_acc[32];
+  uint32_t p[16], ds[16];
+
+  const unsigned char* k_rows = sK + wg * 64 * kBoxRowBytes;
+  const unsigned char* v_rows = sV + wg * 64 * kBoxRowBytes;
+
+  auto issue_s_dp = [&](int i) {
+    const int s = i % kStages, parity = (i / kStages) & 1;
+    const unsigned char* q_tile = sQ + s * L::kQBytes;
+    const unsigned char* do_tile = sdO + s * L::kQBytes;
+    mbar_wait(&q_full[s], parity);
+    pin(s_acc);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const int box = kk / 4, within = (kk % 4) * 32;
+      mma_ss<typename Gmma<kBf16, 64, kK, kK>::SS>(
+          desc(k_rows + box * kBwdBlockN * kBoxRowBytes + within, 16, 1024),
+          desc(q_tile + box * kBwdBlockM * kBoxRowBytes + within, 16, 1024), s_acc, kk > 0,
+          std::make_index_sequence<32>{});
+    }
+    wgmma_commit();
+    mbar_wait(&do_full[s], parity);
+    pin(dp_acc);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const int box = kk / 4, within = (kk % 4) * 32;
+      mma_ss<typename Gmma<kBf16, 64, kK, kK>::SS>(
+          desc(v_rows + box * kBwdBlockN * kBoxRowBytes + within, 16, 1024),
+          desc(do_tile + box * kBwdBlockM * kBoxRowBytes + within, 16, 1024), dp_acc, kk > 0,
+          std::make_index_sequence<32>{});
+    }
+    wgmma_commit();
+  };
+
+  // This warpgroup's dQ tile goes to shared memory in accumulator order
+  // (float4 v of thread t at 128 v + t, so that a warp's stores are
+  // contiguous and free of bank conflicts) and from there to dq_accum with
+  // one bulk reduce-add; dq_convert_kernel undoes the order.
+  float* dq_stage = reinterpret_cast<float*>(sdQ + wg * kDqStageBytes);
+  const int wg_thread = threadIdx.x % 128;
+  auto flush_dq = [&](int i) {
+    if (wg_thread == 0) bulk_wait_read();  // the previous flush has read the stage
+    wg_sync(wg);
+#pragma unroll
+    for (int v4 = 0; v4 < 8; ++v4)
+      reinterpret_cast<float4*>(dq_stage)[v4 * 128 + wg_thread] =
+          make_float4(dq_acc[4 * v4], dq_acc[4 * v4 + 1], dq_acc[4 * v4 + 2], dq_acc[4 * v4 + 3]);
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    wg_sync(wg);
+    if (wg_thread == 0) {
+      const int64_t tile = ((bh * m_blocks + m_lo + i) * 2 + wg) * (kBwdBlockM * 64);
+      bulk_reduce_add(a.dq_accum + tile, dq_stage, kDqStageBytes);
+    }
+  };
+
+  if (n_iter > 0) mbar_wait(kv_full, 0);
+  for (int i = 0; i < n_iter; ++i) {
+    const int s = i % kStages;
+    // Columns are queries q0 + 8 j + col + e. Their statistics come from
+    // global memory (L2) first thing, so that the loads' latency hides behind
+    // the waits for Q, dO and the products.
+    const float* stats = a.row_stats + (bh * m_blocks + m_lo + i) * kBwdBlockM;
+    float lse2[16], dd[16];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float2 v = __ldg(reinterpret_cast<const float2*>(stats + 8 * j + col));
+      const float2 w = __ldg(reinterpret_cast<const float2*>(stats + a.stats_stride + 8 * j + col));
+      lse2[2 * j] = v.x;
+      lse2[2 * j + 1] = v.y;
+      dd[2 * j] = w.x;
+      dd[2 * j + 1] = w.y;
+    }
+    // Warpgroup 1 issues its S and dP products after warpgroup 0's, so that
+    // the first one's softmax overlaps the second one's products.
+    if (wg == 1) s_dp_turn_wait();
+    issue_s_dp(i);
+    if (wg == 0) s_dp_turn_pass();
+    const int q0 = (m_lo + i) * kBwdBlockM;
+    const unsigned char* q_tile = sQ + s * L::kQBytes;
+    const unsigned char* do_tile = sdO + s * L::kQBytes;
+
+    wgmma_wait<1>();
+    pin(s_acc);
+    const bool full = wg_key_hi < a.seqlen_k && q0 + kBwdBlockM <= a.seqlen_q &&
+                      (a.window_left < 0 || wg_key_lo >= q0 + kBwdBlockM - 1 + offset - a.window_left) &&
+                      (a.window_right < 0 || wg_key_hi <= q0 + offset + a.window_right);
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float x = exp2f(fmaf(s_acc[4 * j + e], a.scale_log2, -lse2[2 * j + (e % 2)]));
+        if (!full) {
+          const int key = key0 + 8 * (e / 2), q = q0 + 8 * j + col + (e % 2);
+          const bool visible = key < a.seqlen_k &&
+                               (a.window_left < 0 || key >= q + offset - a.window_left) &&
+                               (a.window_right < 0 || key <= q + offset + a.window_right);
+          if (!visible) x = 0.f;
+        }
+        s_acc[4 * j + e] = x;
+      }
+    wgmma_wait<0>();
+    pin(dp_acc);
+#pragma unroll
+    for (int i2 = 0; i2 < 16; ++i2) {
+      const int j = i2 / 2;  // pairs (4j, 4j+1) are row key0, (4j+2, 4j+3) row key0 + 8
+      const int e = (i2 % 2) * 2;
+      p[i2] = pack<kBf16>(s_acc[4 * j + e], s_acc[4 * j + e + 1]);
+      ds[i2] = pack<kBf16>(s_acc[4 * j + e] * (dp_acc[4 * j + e] - dd[2 * j]),
+                           s_acc[4 * j + e + 1] * (dp_acc[4 * j + e + 1] - dd[2 * j + 1]));
+    }
+
+    // dV += P^T dO and dK += dS^T Q; dO and Q as MN-major B operands.
+    pin(dv);
+    pin(dk);
+    pin(p);
+    pin(ds);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBwdBlockM / 16; ++kk)
+      mma_rs<typename Gmma<kBf16, D, kK, kMN>::RS>(
+          &p[4 * kk], desc(do_tile + kk * 16 * kBoxRowBytes, kBwdBlockM * kBoxRowBytes, 1024), dv,
+          std::make_index_sequence<kAcc>{});
+#pragma unroll
+    for (int kk = 0; kk < kBwdBlockM / 16; ++kk)
+      mma_rs<typename Gmma<kBf16, D, kK, kMN>::RS>(
+          &ds[4 * kk], desc(q_tile + kk * 16 * kBoxRowBytes, kBwdBlockM * kBoxRowBytes, 1024), dk,
+          std::make_index_sequence<kAcc>{});
+    wgmma_commit();
+
+    // dS^T into shared memory: key rows of 64 queries (128 bytes), swizzled
+    // as TMA would have, in one of two buffers (the other may still be read
+    // by the other consumer's dQ product of the previous step).
+    unsigned char* ds_tile = sdS + (i % 2) * L::kDsBytes;
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = key_local + 8 * r;
+        const int byte = (8 * j + col) * 2;
+        const int chunk = (byte / 16) ^ (row % 8);
+        *reinterpret_cast<uint32_t*>(ds_tile + row * kBoxRowBytes + chunk * 16 + byte % 16) =
+            ds[2 * j + r];
+      }
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    dS_ready();
+
+    // dQ[:, 64 wg .. 64 wg + 63] = dS K over all 128 keys; dS (queries
+    // contiguous) and K (head dim contiguous) are both MN-major.
+    pin(dq_acc);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBwdBlockN / 16; ++kk)
+      mma_ss<typename Gmma<kBf16, 64, kMN, kMN>::SS>(
+          desc(ds_tile + kk * 16 * kBoxRowBytes, kBwdBlockN * kBoxRowBytes, 1024),
+          desc(sK + wg * kBwdBlockN * kBoxRowBytes + kk * 16 * kBoxRowBytes, kBwdBlockN * kBoxRowBytes,
+               1024),
+          dq_acc, kk > 0, std::make_index_sequence<32>{});
+    wgmma_commit();
+
+    wgmma_wait<0>();
+    pin(dv);
+    pin(dk);
+    pin(p);
+    pin(ds);
+    pin(dq_acc);
+    if (lane == 0) mbar_arrive(&q_empty[s]);
+    flush_dq(i);
+  }
+  if (wg_thread == 0) bulk_wait();
+
+  // dK (scaled) and dV for this head's keys, [batch, seqlen_k, heads, D].
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int key = key0 + 8 * r;
+    if (key >= a.seqlen_k) continue;
+    const int64_t offset_row = ((static_cast<int64_t>(batch) * a.seqlen_k + key) * a.heads + head) * D;
+    uint32_t* dk_row = reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(a.dk) + offset_row);
+    uint32_t* dv_row = reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(a.dv) + offset_row);
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      dk_row[(8 * j + col) / 2] =
+          pack<kBf16>(dk[4 * j + 2 * r] * a.scale, dk[4 * j + 2 * r + 1] * a.scale);
+      dv_row[(8 * j + col) / 2] = pack<kBf16>(dv[4 * j + 2 * r], dv[4 * j + 2 * r + 1]);
+    }
+  }
+}
+
+template <bool kBf16>
+__device__ __forceinline__ float load(const void* p, int64_t i) {
+  if constexpr (kBf16) return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+  else return __half2float(static_cast<const __half*>(p)[i]);
+}
+
+// BwdArgs::row_stats: lse * log2(e) and D = rowsum(dO * O) per query row,
+// padded to whole 64-row blocks; one warp per row.
+template <bool kBf16>
+__global__ void row_stats_kernel(const void* out, const void* dout, const float* lse, float* stats,
+                                 int64_t stats_stride, int64_t rows, int heads, int seqlen_q,
+                                 int padded_q, int head_dim) {
+  const int64_t row = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;  // [batch, heads, padded_q]
+  if (row >= rows) return;
+  const int i = row % padded_q;
+  const int64_t bh = row / padded_q;
+  float sum = 0.f;
+  if (i < seqlen_q) {
+    const int64_t base = ((bh / heads * seqlen_q + i) * heads + bh % heads) * head_dim;
+    for (int c = threadIdx.x % 32; c < head_dim; c += 32)
+      sum += load<kBf16>(out, base + c) * load<kBf16>(dout, base + c);
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffff, sum, o);
+  if (threadIdx.x % 32 == 0) {
+    stats[row] = i < seqlen_q ? lse[bh * seqlen_q + i] * 1.44269504f : INFINITY;
+    stats[row + stats_stride] = sum;
+  }
+}
+
+// dq[b, i, h, :] = scale * dq_accum, which holds, per (batch, head, 64-row
+// block, 64-column half), a warpgroup's dQ accumulators in thread order.
+template <bool kBf16>
+__global__ void dq_convert_kernel(const float* acc, void* dq, int64_t n, int heads, int seqlen_q,
+                                  float scale) {
+  constexpr int D = 128;
+  const int64_t idx = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * 2;  // over [batch, seq, heads, D]
+  if (idx >= n) return;
+  const int c = idx % D;
+  const int64_t row = idx / D;
+  const int h = row % heads, i = (row / heads) % seqlen_q;
+  const int64_t b = row / heads / seqlen_q;
+  const int m_blocks = (seqlen_q + kBwdBlockM - 1) / kBwdBlockM;
+  const int r = i % kBwdBlockM, half = c / 64, cc = c % 64;
+  // Accumulator order: thread 32 warp + 4 (r % 8) + (cc % 8) / 2 holds
+  // element 4 (cc / 8) + 2 ((r % 16) / 8) + cc % 2, at float 4 (128 (element / 4) + thread) + element % 4.
+  const int thread = 32 * (r / 16) + 4 * (r % 8) + (cc % 8) / 2;
+  const int element = 4 * (cc / 8) + 2 * ((r % 16) / 8) + cc % 2;
+  const float* src = acc + (((b * heads + h) * m_blocks + i / kBwdBlockM) * 2 + half) * (kBwdBlockM * 64) +
+                     4 * (128 * (element / 4) + thread) + element % 4;
+  reinterpret_cast<uint32_t*>(dq)[idx / 2] = pack<kBf16>(src[0] * scale, src[1] * scale);
+}
+
+template <bool kBf16, int D, int kStages>
+cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
+  CUtensorMap q_map, k_map, v_map, do_map;
+  cudaError_t e;
+  if ((e = make_map(&q_map, p.q, kBf16, p.batch, p.seqlen_q, p.heads, D, kBwdBlockM)) != cudaSuccess ||
+      (e = make_map(&do_map, p.dout, kBf16, p.batch, p.seqlen_q, p.heads, D, kBwdBlockM)) != cudaSuccess ||
+      (e = make_map(&k_map, p.k, kBf16, p.batch, p.seqlen_k, p.heads_k, D, kBwdBlockN)) != cudaSuccess ||
+      (e = make_map(&v_map, p.v, kBf16, p.batch, p.seqlen_k, p.heads_k, D, kBwdBlockN)) != cudaSuccess)
+    return e;
+  const int64_t rows = int64_t(p.batch) * p.seqlen_q * p.heads;
+  const int64_t m_blocks = (p.seqlen_q + kBwdBlockM - 1) / kBwdBlockM;
+  const int64_t accum_bytes = int64_t(p.batch) * p.heads * m_blocks * kBwdBlockM * D * sizeof(float);
+  if ((e = cudaMemsetAsync(p.dq_accum, 0, accum_bytes, stream)) != cudaSuccess) return e;
+  const int64_t stat_rows = int64_t(p.batch) * p.heads * m_blocks * kBwdBlockM;
+  row_stats_kernel<kBf16><<<(stat_rows + 7) / 8, 256, 0, stream>>>(
+      p.out, p.dout, p.lse, p.softmax_d, stat_rows, stat_rows, p.heads, p.seqlen_q,
+      m_blocks * kBwdBlockM, D);
+
+  BwdArgs a;
+  a.row_stats = p.softmax_d;
+  a.stats_stride = stat_rows;
+  a.dq_accum = p.dq_accum;
+  a.dk = p.dk;
+  a.dv = p.dv;
+  a.seqlen_q = p.seqlen_q;
+  a.seqlen_k = p.seqlen_k;
+  a.heads = p.heads;
+  a.group = p.heads / p.heads_k;
+  a.scale = p.softmax_scale;
+  a.scale_log2 = p.softmax_scale * static_cast<float>(M_LOG2E);
+  a.window_left = p.window_left;
+  a.window_right = p.window_right;
+  auto kernel = flash_bwd_kernel<kBf16, D, kStages>;
+  constexpr int smem = BwdSmem<D, kStages>::kBytes;
+  if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem)) !=
+      cudaSuccess)
+    return e;
+  const dim3 grid((p.seqlen_k + kBwdBlockN - 1) / kBwdBlockN, p.heads, p.batch);
+  kernel<<<grid, kBwdThreads, smem, stream>>>(q_map, k_map, v_map, do_map, a);
+
+  const int64_t n = rows * D;
+  dq_convert_kernel<kBf16><<<(n / 2 + 255) / 256, 256, 0, stream>>>(p.dq_accum, p.dq, n, p.heads,
+                                                                  p.seqlen_q, p.softmax_scale);
+  return cudaPeekAtLastError();
+}
+
+}  // namespace
+
+bool bwd_supported(const BwdParams& p) {
+  return p.head_dim == 128 && p.softmax_scale > 0.f && p.heads_k > 0 && p.heads % p.heads_k == 0;
+}
+
+cudaError_t run_bwd(const BwdParams& p, cudaStream_t stream) {
+  if (!bwd_supported(p)) return cudaErrorNotSupported;
+  return p.bf16 ? launch_bwd<true, 128, 2>(p, stream) : launch_bwd<false, 128, 2>(p, stream);
+}
+
+}  // namespace jfa_sm90

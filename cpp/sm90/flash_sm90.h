@@ -1,0 +1,87 @@
+// Our Hopper-native (sm_90a) attention kernels, forward and backward: TMA
+// loads, wgmma, and warp-specialised producer/consumer warpgroups.
+// flash_api.cu dispatches to them on compute capability 9.0 for the cases they
+// cover and to FlashAttention-2 otherwise.
+//
+// Every function is declared weak: a build without the sm_90a objects links,
+// and then their addresses are null.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace jfa_sm90 {
+
+// Dense [batch, seq, heads, head_dim] tensors, as in the C ABI.
+struct FwdParams {
+  const void* q;
+  const void* k;
+  const void* v;
+  void* out;
+  float* lse;  // [batch, heads, seqlen_q]; +inf where a row sees no key
+  int batch;
+  int seqlen_q;
+  int seqlen_k;
+  int heads;
+  int heads_k;  // divides heads
+  int head_dim;
+  bool bf16;  // else float16
+  float softmax_scale;
+  // Query i sees key j when
+  //   i + seqlen_k - seqlen_q - window_left <= j <= i + seqlen_k - seqlen_q + window_right,
+  // a negative bound being unbounded. Causal is (-1, 0).
+  int window_left;
+  int window_right;
+};
+
+// Whether this build has a kernel for the params' dtype and head dim. It does
+// not look at the GPU.
+__attribute__((weak)) bool fwd_supported(const FwdParams& p);
+
+// Launches the forward on `stream`; the GPU must be sm_90.
+__attribute__((weak)) cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream);
+
+struct BwdParams {
+  const void* q;
+  const void* k;
+  const void* v;
+  const void* out;
+  const void* dout;
+  const float* lse;  // the forward's
+  void* dq;
+  void* dk;  // [batch, seqlen_k, heads, head_dim]: per query head; GQA callers sum groups
+  void* dv;
+  float* dq_accum;   // scratch: bwd_scratch_elems(...).dq_accum floats
+  float* softmax_d;  // scratch: bwd_scratch_elems(...).row_stats floats
+  int batch;
+  int seqlen_q;
+  int seqlen_k;
+  int heads;
+  int heads_k;
+  int head_dim;
+  bool bf16;
+  float softmax_scale;
+  int window_left;  // as in FwdParams
+  int window_right;
+};
+
+// Whether this build has a backward kernel for the params' dtype and head dim.
+__attribute__((weak)) bool bwd_supported(const BwdParams& p);
+
+// Float32 scratch the backward needs: dq_accum holds dQ in 64-row blocks,
+// softmax_d the log-sum-exp and rowsum(dO * O) of every padded row.
+struct BwdScratch {
+  int64_t dq_accum;
+  int64_t row_stats;
+};
+inline BwdScratch bwd_scratch_elems(int64_t batch, int64_t heads, int64_t seqlen_q,
+                                    int64_t head_dim) {
+  const int64_t rows = batch * heads * ((seqlen_q + 63) / 64 * 64);
+  return {rows * head_dim, 2 * rows};
+}
+
+// Launches the backward on `stream` (dq_accum need not be zeroed); the GPU must be sm_90.
+__attribute__((weak)) cudaError_t run_bwd(const BwdParams& p, cudaStream_t stream);
+
+}  // namespace jfa_sm90

@@ -1,0 +1,215 @@
+// What our sm_90a kernels share: PTX wrappers for shared-memory barriers,
+// TMA and wgmma, wgmma descriptors for 128-byte-swizzled tiles, and the
+// host-side tensor maps.
+//
+// Tiles are TMA boxes of 64 elements (128 bytes) by rows, with the 128-byte
+// swizzle that wgmma's descriptors understand; a head dim of D is D / 64 such
+// boxes side by side.
+#pragma once
+
+#include <cuda.h>  // CUtensorMap and its encoder's signature
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cute/arch/mma_sm90_gmma.hpp>
+
+#include <cstdint>
+#include <utility>
+
+namespace jfa_sm90 {
+namespace {
+
+constexpr int kBoxCols = 64;  // elements per 128-byte swizzled row
+constexpr int kBoxRowBytes = 128;
+
+namespace gmma = cute::SM90::GMMA;
+
+// ---------------------------------------------------------------------------
+// PTX wrappers: shared-memory barriers, TMA, wgmma bookkeeping.
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count));
+}
+
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)),
+               "r"(bytes)
+               : "memory");
+}
+
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
+}
+
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n}"
+        : "=r"(done)
+        : "r"(smem_addr(bar)), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+
+// A 4-D box (d, head, row, batch) of a [batch, seq, heads, dim] tensor.
+__device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* map, uint64_t* bar, int d,
+                                         int head, int row, int batch) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4, %5}], [%6];" ::"r"(smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(d), "r"(head), "r"(row), "r"(batch),
+      "r"(smem_addr(bar))
+      : "memory");
+}
+
+__device__ __forceinline__ void prefetch_map(const CUtensorMap* map) {
+  asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+}
+
+__device__ __forceinline__ void wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+}
+
+// Named barriers 1 and 2 order the two consumer warpgroups' turns on the
+// tensor cores (0 is __syncthreads').
+__device__ __forceinline__ void turn_wait(int wg) {
+  asm volatile("bar.sync %0, 256;" ::"r"(1 + wg) : "memory");
+}
+__device__ __forceinline__ void turn_pass(int wg) {
+  asm volatile("bar.arrive %0, 256;" ::"r"(2 - wg) : "memory");
+}
+
+// Keeps the compiler from moving accesses of an accumulator across the
+// asynchronous wgmma that owns it (it sees the asm as synchronous).
+template <int N>
+__device__ __forceinline__ void pin(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void pin(uint32_t (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i])::"memory");
+}
+
+// wgmma shared-memory descriptor for a 128-byte-swizzled tile. Offsets are in
+// bytes: lead is unused for K-major tiles (1 by convention), and for
+// MN-major ones the distance between 64-column boxes; stride is the distance
+// between groups of 8 rows.
+__device__ __forceinline__ uint64_t desc(const void* p, uint32_t lead, uint32_t stride) {
+  return static_cast<uint64_t>((smem_addr(p) >> 4) & 0x3FFF) |
+         static_cast<uint64_t>((lead >> 4) & 0x3FFF) << 16 |
+         static_cast<uint64_t>((stride >> 4) & 0x3FFF) << 32 | uint64_t{1} << 62;
+}
+
+// ---------------------------------------------------------------------------
+// wgmma operations by element type, N and the operands' major modes (a row
+// of CuTe's SM90 op table). RS (A from registers) exists only for K-major A.
+
+template <bool kBf16, int N, gmma::Major kA, gmma::Major kB>
+struct Gmma;
+
+#define JFA_SM90_GMMA(N)                                                 \
+  template <gmma::Major kA, gmma::Major kB>                              \
+  struct Gmma<true, N, kA, kB> {                                         \
+    using SS = gmma::MMA_64x##N##x16_F32BF16BF16_SS<kA, kB>;             \
+    using RS = gmma::MMA_64x##N##x16_F32BF16BF16_RS<kA, kB>;             \
+  };                                                                     \
+  template <gmma::Major kA, gmma::Major kB>                              \
+  struct Gmma<false, N, kA, kB> {                                        \
+    using SS = gmma::MMA_64x##N##x16_F32F16F16_SS<kA, kB>;               \
+    using RS = gmma::MMA_64x##N##x16_F32F16F16_RS<kA, kB>;               \
+  };
+JFA_SM90_GMMA(64)
+JFA_SM90_GMMA(128)
+JFA_SM90_GMMA(256)
+#undef JFA_SM90_GMMA
+
+constexpr gmma::Major kK = gmma::Major::K;
+constexpr gmma::Major kMN = gmma::Major::MN;
+
+template <class Op, size_t... I>
+__device__ __forceinline__ void mma_ss(uint64_t a, uint64_t b, float* d, bool accumulate,
+                                       std::index_sequence<I...>) {
+  Op::fma(a, b, d[I]..., accumulate ? gmma::ScaleOut::One : gmma::ScaleOut::Zero);
+}
+
+template <class Op, size_t... I>
+__device__ __forceinline__ void mma_rs(const uint32_t* a, uint64_t b, float* d,
+                                       std::index_sequence<I...>) {
+  Op::fma(a[0], a[1], a[2], a[3], b, d[I]..., gmma::ScaleOut::One);
+}
+
+template <bool kBf16>
+__device__ __forceinline__ uint32_t pack(float x, float y) {
+  if constexpr (kBf16) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(x, y);
+    return *reinterpret_cast<uint32_t*>(&v);
+  } else {
+    __half2 v = __floats2half2_rn(x, y);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Host side.
+
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                 const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                 const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                 CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+// The driver's encoder, found through the runtime so that we need not link
+// libcuda ourselves.
+cudaError_t encoder(EncodeTiled* fn) {
+  static EncodeTiled cached = nullptr;
+  static cudaError_t status = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult found;
+    cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000,
+                                                     cudaEnableDefault, &found);
+    if (e == cudaSuccess && found != cudaDriverEntryPointSuccess) e = cudaErrorSymbolNotFound;
+    cached = reinterpret_cast<EncodeTiled>(p);
+    return e;
+  }();
+  *fn = cached;
+  return status;
+}
+
+// [batch, seq, heads, head_dim] as a 4-D tensor map with boxes of 64 columns
+// by `rows` rows of one head.
+cudaError_t make_map(CUtensorMap* map, const void* base, bool bf16, int batch, int seq, int heads,
+                     int head_dim, int rows) {
+  EncodeTiled encode;
+  if (cudaError_t e = encoder(&encode); e != cudaSuccess) return e;
+  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(heads),
+                              static_cast<cuuint64_t>(seq), static_cast<cuuint64_t>(batch)};
+  const cuuint64_t row_bytes = static_cast<cuuint64_t>(heads) * head_dim * 2;
+  const cuuint64_t strides[3] = {static_cast<cuuint64_t>(head_dim) * 2, row_bytes,
+                                 row_bytes * static_cast<cuuint64_t>(seq)};
+  const cuuint32_t box[4] = {kBoxCols, 1, static_cast<cuuint32_t>(rows), 1};
+  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
+  const CUresult r = encode(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+                            4, const_cast<void*>(base), dims, strides, box, element_strides,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+}  // namespace
+}  // namespace jfa_sm90
