@@ -1,0 +1,202 @@
+// Standalone check of our Hopper backward (cpp/sm90/flash_bwd_sm90.cu) without
+// JAX: dq, dk, dv against a float32 GPU reference on small shapes (max error
+// over max |reference|; a window (0, 0) makes dq and dk vanish, so that case
+// reads high by construction), then, with any argument, CUDA-event timing on
+// the benchmark shapes ("ncu": one 4k point, for a profiler). Build as
+// tests/device/sm90_fwd_check.cu says.
+#include "../../cpp/sm90/flash_fwd_sm90.cu"
+#include "../../cpp/sm90/flash_bwd_sm90.cu"
+#include "sm90_check_common.cuh"
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+
+
+__device__ bool vis(int i, int j, int sq, int sk, int wl, int wr) {
+  const int off = sk - sq;
+  return (wl < 0 || j >= i + off - wl) && (wr < 0 || j <= i + off + wr);
+}
+
+// Per (query row, head, batch): P and dS rows to global, and dQ.
+template <typename T>
+__global__ void ref_rows(const T* q, const T* k, const T* v, const T* dout, float* P, float* dS,
+                         float* dq, int sq, int sk, int h, int hk, int d, float scale, int wl, int wr) {
+  extern __shared__ float sc[];  // sk scores, then sk dP
+  float* dp = sc + sk;
+  const int i = blockIdx.x, head = blockIdx.y, b = blockIdx.z, hh = head / (h / hk);
+  const T* qr = q + ((int64_t(b) * sq + i) * h + head) * d;
+  const T* dor = dout + ((int64_t(b) * sq + i) * h + head) * d;
+  for (int j = threadIdx.x; j < sk; j += blockDim.x) {
+    const T* kr = k + ((int64_t(b) * sk + j) * hk + hh) * d;
+    const T* vr = v + ((int64_t(b) * sk + j) * hk + hh) * d;
+    float s = 0, t = 0;
+    for (int c = 0; c < d; ++c) { s += to_f(qr[c]) * to_f(kr[c]); t += to_f(dor[c]) * to_f(vr[c]); }
+    sc[j] = vis(i, j, sq, sk, wl, wr) ? s * scale : -INFINITY;
+    dp[j] = t;
+  }
+  __syncthreads();
+  __shared__ float red[2];
+  if (threadIdx.x == 0) {
+    float m = -INFINITY;
+    for (int j = 0; j < sk; ++j) m = fmaxf(m, sc[j]);
+    float l = 0;
+    for (int j = 0; j < sk; ++j) l += m == -INFINITY ? 0.f : expf(sc[j] - m);
+    float D = 0;
+    for (int j = 0; j < sk; ++j) {
+      float pj = l > 0 && sc[j] != -INFINITY ? expf(sc[j] - m) / l : 0.f;
+      D += pj * dp[j];
+    }
+    red[0] = m;
+    red[1] = l;
+    sc[2 * sk] = D;  // the slot after the dP row
+  }
+  __syncthreads();
+  const float m = red[0], l = red[1], D = sc[2 * sk];
+  const int64_t base = ((int64_t(b) * h + head) * sq + i) * sk;
+  for (int j = threadIdx.x; j < sk; j += blockDim.x) {
+    float pj = l > 0 && sc[j] != -INFINITY ? expf(sc[j] - m) / l : 0.f;
+    P[base + j] = pj;
+    dS[base + j] = pj * (dp[j] - D);
+  }
+  __syncthreads();
+  for (int c = threadIdx.x; c < d; c += blockDim.x) {
+    float acc = 0;
+    for (int j = 0; j < sk; ++j) acc += dS[base + j] * to_f(k[((int64_t(b) * sk + j) * hk + hh) * d + c]);
+    dq[((int64_t(b) * sq + i) * h + head) * d + c] = acc * scale;
+  }
+}
+
+template <typename T>
+__global__ void ref_cols(const T* q, const T* dout, const float* P, const float* dS, float* dk,
+                         float* dv, int sq, int sk, int h, int d, float scale) {
+  const int j = blockIdx.x, head = blockIdx.y, b = blockIdx.z;
+  for (int c = threadIdx.x; c < d; c += blockDim.x) {
+    float a = 0, g = 0;
+    for (int i = 0; i < sq; ++i) {
+      const int64_t pi = ((int64_t(b) * h + head) * sq + i) * sk + j;
+      a += dS[pi] * to_f(q[((int64_t(b) * sq + i) * h + head) * d + c]);
+      g += P[pi] * to_f(dout[((int64_t(b) * sq + i) * h + head) * d + c]);
+    }
+    dk[((int64_t(b) * sk + j) * h + head) * d + c] = a * scale;
+    dv[((int64_t(b) * sk + j) * h + head) * d + c] = g;
+  }
+}
+
+
+
+double max_rel(const std::vector<float>& a, const std::vector<float>& r, bool* bad) {
+  double e = 0, m = 1e-6;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) *bad = true;
+    e = std::max(e, double(fabsf(a[i] - r[i])));
+    m = std::max(m, double(fabsf(r[i])));
+  }
+  return e / m;
+}
+
+template <typename T>
+std::vector<float> to_host(const T* x, int64_t n) {
+  float* f; CK(cudaMalloc(&f, n * 4));
+  to_float<T><<<(n + 255) / 256, 256>>>(x, f, n);
+  std::vector<float> h(n); CK(cudaMemcpy(h.data(), f, n * 4, cudaMemcpyDeviceToHost)); cudaFree(f);
+  return h;
+}
+std::vector<float> to_host_f(const float* x, int64_t n) {
+  std::vector<float> h(n); CK(cudaMemcpy(h.data(), x, n * 4, cudaMemcpyDeviceToHost)); return h;
+}
+
+template <typename T>
+bool check(bool bf16, int b, int sq, int sk, int h, int hk, int d, int wl, int wr, uint32_t seed) {
+  const int64_t nq = int64_t(b) * sq * h * d, nk = int64_t(b) * sk * hk * d, nkh = int64_t(b) * sk * h * d;
+  T *q, *k, *v, *o, *dout, *dq, *dk, *dv;
+  float *lse, *acc, *sd, *P, *dS, *rq, *rk, *rv;
+  CK(cudaMalloc(&q, nq * 2)); CK(cudaMalloc(&k, nk * 2)); CK(cudaMalloc(&v, nk * 2));
+  CK(cudaMalloc(&o, nq * 2)); CK(cudaMalloc(&dout, nq * 2)); CK(cudaMalloc(&dq, nq * 2));
+  CK(cudaMalloc(&dk, nkh * 2)); CK(cudaMalloc(&dv, nkh * 2));
+  CK(cudaMalloc(&lse, int64_t(b) * h * sq * 4)); CK(cudaMalloc(&acc, int64_t(b) * h * ((sq + 63) / 64) * 64 * d * 4)); CK(cudaMalloc(&sd, 2 * int64_t(b) * h * ((sq + 63) / 64) * 64 * 4));
+  CK(cudaMalloc(&P, int64_t(b) * h * sq * sk * 4)); CK(cudaMalloc(&dS, int64_t(b) * h * sq * sk * 4));
+  CK(cudaMalloc(&rq, nq * 4)); CK(cudaMalloc(&rk, nkh * 4)); CK(cudaMalloc(&rv, nkh * 4));
+  fill_random<<<(nq + 255) / 256, 256>>>(q, nq, seed);
+  fill_random<<<(nk + 255) / 256, 256>>>(k, nk, seed + 1);
+  fill_random<<<(nk + 255) / 256, 256>>>(v, nk, seed + 2);
+  fill_random<<<(nq + 255) / 256, 256>>>(dout, nq, seed + 3);
+  CK(cudaMemset(dq, 0xFF, nq * 2)); CK(cudaMemset(dk, 0xFF, nkh * 2)); CK(cudaMemset(dv, 0xFF, nkh * 2));
+  CK(cudaMemset(acc, 0xFF, int64_t(b) * h * ((sq + 63) / 64) * 64 * d * 4));
+  const float scale = 1.f / sqrtf(float(d));
+  jfa_sm90::FwdParams fp{q, k, v, o, lse, b, sq, sk, h, hk, d, bf16, scale, wl, wr};
+  CK(jfa_sm90::run_fwd(fp, 0));
+  jfa_sm90::BwdParams bp{q, k, v, o, dout, lse, dq, dk, dv, acc, sd, b, sq, sk, h, hk, d, bf16, scale, wl, wr};
+  CK(jfa_sm90::run_bwd(bp, 0));
+  CK(cudaDeviceSynchronize());
+  ref_rows<T><<<dim3(sq, h, b), 128, (2 * sk + 1) * 4>>>(q, k, v, dout, P, dS, rq, sq, sk, h, hk, d, scale, wl, wr);
+  CK(cudaDeviceSynchronize());
+  // The reference's dK and dV are per query head; k and v index through the group.
+  ref_cols<T><<<dim3(sk, h, b), 128>>>(q, dout, P, dS, rk, rv, sq, sk, h, d, scale);
+  CK(cudaDeviceSynchronize());
+  bool bad = false;
+  double eq = max_rel(to_host(dq, nq), to_host_f(rq, nq), &bad);
+  double ek = max_rel(to_host(dk, nkh), to_host_f(rk, nkh), &bad);
+  double ev = max_rel(to_host(dv, nkh), to_host_f(rv, nkh), &bad);
+  const double tol = bf16 ? 3e-2 : 6e-3;
+  const bool ok = !bad && eq < tol && ek < tol && ev < tol;
+  printf("%s %s b=%d sq=%d sk=%d h=%d hk=%d d=%d win=(%d,%d): dq %.2e dk %.2e dv %.2e (max err / max |ref|)%s\n",
+         ok ? "PASS" : "FAIL", bf16 ? "bf16" : "fp16", b, sq, sk, h, hk, d, wl, wr, eq, ek, ev, bad ? " non-finite" : "");
+  for (void* x : {(void*)q, (void*)k, (void*)v, (void*)o, (void*)dout, (void*)dq, (void*)dk, (void*)dv, (void*)lse, (void*)acc,
+                  (void*)sd, (void*)P, (void*)dS, (void*)rq, (void*)rk, (void*)rv}) cudaFree(x);
+  return ok;
+}
+
+void bench(int seq, bool causal) {
+  const int h = 16, d = 128, b = 16384 / seq;
+  const int64_t n = int64_t(b) * seq * h * d;
+  __nv_bfloat16 *q, *k, *v, *o, *dout, *dq, *dk, *dv;
+  float *lse, *acc, *sd;
+  for (auto pp : {&q, &k, &v, &o, &dout, &dq, &dk, &dv}) CK(cudaMalloc(pp, n * 2));
+  CK(cudaMalloc(&lse, int64_t(b) * h * seq * 4)); CK(cudaMalloc(&sd, 2 * int64_t(b) * h * seq * 4)); CK(cudaMalloc(&acc, n * 4));
+  fill_random<<<(n + 255) / 256, 256>>>(q, n, 1);
+  fill_random<<<(n + 255) / 256, 256>>>(k, n, 2);
+  fill_random<<<(n + 255) / 256, 256>>>(v, n, 3);
+  fill_random<<<(n + 255) / 256, 256>>>(dout, n, 4);
+  const float scale = 1.f / sqrtf(float(d));
+  const int wr = causal ? 0 : -1;
+  jfa_sm90::FwdParams fp{q, k, v, o, lse, b, seq, seq, h, h, d, true, scale, -1, wr};
+  CK(jfa_sm90::run_fwd(fp, 0));
+  jfa_sm90::BwdParams bp{q, k, v, o, dout, lse, dq, dk, dv, acc, sd, b, seq, seq, h, h, d, true, scale, -1, wr};
+  for (int i = 0; i < 3; ++i) CK(jfa_sm90::run_bwd(bp, 0));
+  cudaEvent_t e0, e1; cudaEventCreate(&e0); cudaEventCreate(&e1);
+  const int iters = 10;
+  cudaEventRecord(e0);
+  for (int i = 0; i < iters; ++i) jfa_sm90::run_bwd(bp, 0);
+  cudaEventRecord(e1);
+  CK(cudaEventSynchronize(e1));
+  float ms; cudaEventElapsedTime(&ms, e0, e1); ms /= iters;
+  double flops = 2.5 * 4.0 * b * h * double(seq) * seq * d * (causal ? 0.5 : 1.0);
+  printf("bench bwd bf16 d=128 seq=%5d batch=%2d %s: %.3f ms, %.1f TFLOPS\n", seq, b, causal ? "causal" : "full  ", ms, flops / ms / 1e9);
+  for (void* x : {(void*)q, (void*)k, (void*)v, (void*)o, (void*)dout, (void*)dq, (void*)dk, (void*)dv, (void*)lse, (void*)acc, (void*)sd}) cudaFree(x);
+}
+
+int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "ncu") { bench(4096, false); return 0; }
+  int fails = 0, seed = 99;
+  struct Case { int b, sq, sk, h, hk, d, wl, wr; };
+  std::vector<Case> cases = {
+      {1, 128, 128, 1, 1, 128, -1, -1}, {2, 300, 300, 4, 2, 128, -1, -1},
+      {1, 1000, 1000, 2, 2, 128, -1, 0}, {1, 77, 500, 2, 1, 128, -1, 0},
+      {1, 500, 77, 2, 1, 128, -1, 0},  {2, 1024, 1024, 2, 2, 128, 100, 50},
+      {1, 1, 300, 2, 2, 128, -1, -1},  {1, 513, 700, 3, 1, 128, 0, 0},
+      {1, 200, 40, 2, 2, 128, 10, 0},
+  };
+  for (const Case& c : cases) {
+    fails += !check<__nv_bfloat16>(true, c.b, c.sq, c.sk, c.h, c.hk, c.d, c.wl, c.wr, seed++);
+    fails += !check<__half>(false, c.b, c.sq, c.sk, c.h, c.hk, c.d, c.wl, c.wr, seed++);
+  }
+  printf("%d failures\n", fails);
+  if (argc > 1) {
+    for (int seq : {512, 1024, 2048, 4096, 8192, 16384}) bench(seq, false);
+    for (int seq : {512, 1024, 2048, 4096, 8192, 16384}) bench(seq, true);
+  }
+  return fails != 0;
+}

@@ -1,0 +1,48 @@
+// What tests/device/sm90_fwd_check.cu and sm90_bwd_check.cu share: error
+// checks, element conversions and seeded normal random inputs on the GPU.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <type_traits>
+
+#define CK(x)                                                                       \
+  do {                                                                              \
+    cudaError_t e_ = (x);                                                           \
+    if (e_ != cudaSuccess) {                                                        \
+      printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); \
+      exit(1);                                                                      \
+    }                                                                               \
+  } while (0)
+
+template <typename T>
+__device__ float to_f(T x);
+template <>
+__device__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <>
+__device__ float to_f(__half x) { return __half2float(x); }
+
+template <typename T>
+__global__ void to_float(const T* x, float* y, int64_t n) {
+  int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i < n) y[i] = to_f(x[i]);
+}
+
+template <typename T>
+__global__ void fill_random(T* x, int64_t n, uint32_t seed) {
+  int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i < n) {
+    uint32_t s = uint32_t(i) * 2654435761u ^ seed;
+    s ^= s >> 13; s *= 0x5bd1e995; s ^= s >> 15;
+    float u = (s & 0xFFFFFF) / float(1 << 24);
+    s = s * 1664525u + 1013904223u;
+    float w = (s & 0xFFFFFF) / float(1 << 24);
+    float g = sqrtf(-2.f * logf(u + 1e-7f)) * cosf(6.2831853f * w);
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) x[i] = __float2bfloat16(g);
+    else x[i] = __float2half(g);
+  }
+}

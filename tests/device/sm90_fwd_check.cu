@@ -1,0 +1,162 @@
+// Standalone check of our Hopper forward (cpp/sm90/flash_fwd_sm90.cu) without
+// JAX: out and lse against a float32 GPU reference on small shapes (both dtypes,
+// head dims 64/128/256, causal, windows, GQA, rows that see no key), then, with
+// any argument, CUDA-event timing on the benchmark shapes. On a GPU host:
+//
+//   nvcc -std=c++17 -O3 --use_fast_math --expt-relaxed-constexpr \
+//     -gencode=arch=compute_90a,code=sm_90a -I<cutlass>/include \
+//     tests/device/sm90_fwd_check.cu -o sm90_fwd_check && ./sm90_fwd_check bench
+//
+// (<cutlass>: the flash-attn sdist's csrc/cutlass.) docs/hopper-notes.md
+// records what it measured.
+
+#include "../../cpp/sm90/flash_fwd_sm90.cu"
+#include "sm90_check_common.cuh"
+
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <vector>
+
+
+
+// One block per (row, head, batch); scores in shared memory.
+template <typename T>
+__global__ void reference(const T* q, const T* k, const T* v, float* out, float* lse, int sq,
+                          int sk, int h, int hk, int d, float scale, int wl, int wr) {
+  extern __shared__ float sc[];
+  const int row = blockIdx.x, head = blockIdx.y, b = blockIdx.z, hkk = head / (h / hk);
+  const T* qr = q + ((int64_t(b) * sq + row) * h + head) * d;
+  const int off = sk - sq;
+  for (int j = threadIdx.x; j < sk; j += blockDim.x) {
+    bool vis = (wl < 0 || j >= row + off - wl) && (wr < 0 || j <= row + off + wr);
+    float s = -INFINITY;
+    if (vis) {
+      const T* kr = k + ((int64_t(b) * sk + j) * hk + hkk) * d;
+      s = 0;
+      for (int c = 0; c < d; ++c) s += to_f(qr[c]) * to_f(kr[c]);
+      s *= scale;
+    }
+    sc[j] = s;
+  }
+  __syncthreads();
+  __shared__ float red[2];
+  if (threadIdx.x == 0) {
+    float m = -INFINITY;
+    for (int j = 0; j < sk; ++j) m = fmaxf(m, sc[j]);
+    float l = 0;
+    for (int j = 0; j < sk; ++j) l += (m == -INFINITY) ? 0.f : expf(sc[j] - m);
+    red[0] = m;
+    red[1] = l;
+  }
+  __syncthreads();
+  const float m = red[0], l = red[1];
+  for (int c = threadIdx.x; c < d; c += blockDim.x) {
+    float acc = 0;
+    if (l > 0)
+      for (int j = 0; j < sk; ++j)
+        if (sc[j] != -INFINITY) acc += expf(sc[j] - m) * to_f(v[((int64_t(b) * sk + j) * hk + hkk) * d + c]);
+    out[((int64_t(b) * sq + row) * h + head) * d + c] = l > 0 ? acc / l : 0.f;
+  }
+  if (threadIdx.x == 0) lse[(int64_t(b) * h + head) * sq + row] = l > 0 ? m + logf(l) : INFINITY;
+}
+
+
+
+template <typename T>
+bool check(bool bf16, int b, int sq, int sk, int h, int hk, int d, int wl, int wr, uint32_t seed) {
+  int64_t nq = int64_t(b) * sq * h * d, nk = int64_t(b) * sk * hk * d;
+  T *q, *k, *v, *o;
+  float *lse, *ro, *rl, *of;
+  CK(cudaMalloc(&q, nq * 2)); CK(cudaMalloc(&k, nk * 2)); CK(cudaMalloc(&v, nk * 2));
+  CK(cudaMalloc(&o, nq * 2)); CK(cudaMalloc(&of, nq * 4)); CK(cudaMalloc(&ro, nq * 4));
+  CK(cudaMalloc(&lse, int64_t(b) * h * sq * 4)); CK(cudaMalloc(&rl, int64_t(b) * h * sq * 4));
+  fill_random<<<(nq + 255) / 256, 256>>>(q, nq, seed);
+  fill_random<<<(nk + 255) / 256, 256>>>(k, nk, seed + 1);
+  fill_random<<<(nk + 255) / 256, 256>>>(v, nk, seed + 2);
+  CK(cudaMemset(o, 0xFF, nq * 2));  // poison: NaN
+  CK(cudaMemset(lse, 0xFF, int64_t(b) * h * sq * 4));
+  float scale = 1.f / sqrtf(float(d));
+  jfa_sm90::FwdParams p{q, k, v, o, lse, b, sq, sk, h, hk, d, bf16, scale, wl, wr};
+  CK(jfa_sm90::run_fwd(p, 0));
+  CK(cudaDeviceSynchronize());
+  reference<T><<<dim3(sq, h, b), 128, sk * 4>>>(q, k, v, ro, rl, sq, sk, h, hk, d, scale, wl, wr);
+  to_float<T><<<(nq + 255) / 256, 256>>>(o, of, nq);
+  CK(cudaDeviceSynchronize());
+  std::vector<float> a(nq), r(nq), la(int64_t(b) * h * sq), lr(la.size());
+  CK(cudaMemcpy(a.data(), of, nq * 4, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(r.data(), ro, nq * 4, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(la.data(), lse, la.size() * 4, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(lr.data(), rl, lr.size() * 4, cudaMemcpyDeviceToHost));
+  double eo = 0, el = 0;
+  bool nan = false;
+  for (int64_t i = 0; i < nq; ++i) {
+    if (!std::isfinite(a[i])) nan = true;
+    eo = std::max(eo, double(fabsf(a[i] - r[i])));
+  }
+  for (size_t i = 0; i < la.size(); ++i) {
+    if (std::isinf(lr[i]) || std::isinf(la[i])) {
+      if (la[i] != lr[i]) el = 1e9;
+    } else el = std::max(el, double(fabsf(la[i] - lr[i])));
+  }
+  const double tol = bf16 ? 2e-2 : 4e-3;
+  bool ok = !nan && eo < tol && el < 1e-2;
+  printf("%s %s b=%d sq=%d sk=%d h=%d hk=%d d=%d win=(%d,%d): out err %.2e lse err %.2e%s\n",
+         ok ? "PASS" : "FAIL", bf16 ? "bf16" : "fp16", b, sq, sk, h, hk, d, wl, wr, eo, el,
+         nan ? " (non-finite output)" : "");
+  cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(o); cudaFree(of); cudaFree(ro); cudaFree(lse); cudaFree(rl);
+  return ok;
+}
+
+void bench(int seq, int d, bool causal) {
+  const int h = 16, b = 16384 / seq;
+  int64_t n = int64_t(b) * seq * h * d;
+  __nv_bfloat16 *q, *k, *v, *o;
+  float* lse;
+  CK(cudaMalloc(&q, n * 2)); CK(cudaMalloc(&k, n * 2)); CK(cudaMalloc(&v, n * 2)); CK(cudaMalloc(&o, n * 2));
+  CK(cudaMalloc(&lse, int64_t(b) * h * seq * 4));
+  fill_random<<<(n + 255) / 256, 256>>>(q, n, 1);
+  fill_random<<<(n + 255) / 256, 256>>>(k, n, 2);
+  fill_random<<<(n + 255) / 256, 256>>>(v, n, 3);
+  jfa_sm90::FwdParams p{q, k, v, o, lse, b, seq, seq, h, h, d, true, 1.f / sqrtf(float(d)), causal ? -1 : -1, causal ? 0 : -1};
+  for (int i = 0; i < 3; ++i) CK(jfa_sm90::run_fwd(p, 0));
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0); cudaEventCreate(&e1);
+  const int iters = 20;
+  cudaEventRecord(e0);
+  for (int i = 0; i < iters; ++i) jfa_sm90::run_fwd(p, 0);
+  cudaEventRecord(e1);
+  CK(cudaEventSynchronize(e1));
+  float ms;
+  cudaEventElapsedTime(&ms, e0, e1);
+  ms /= iters;
+  double flops = 4.0 * b * h * double(seq) * seq * d * (causal ? 0.5 : 1.0);
+  printf("bench bf16 d=%d seq=%5d batch=%2d %s: %.3f ms, %.1f TFLOPS\n", d, seq, b,
+         causal ? "causal" : "full  ", ms, flops / ms / 1e9);
+  cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(o); cudaFree(lse);
+}
+
+int main(int argc, char** argv) {
+  int fails = 0, seed = 1234;
+  struct Case { int b, sq, sk, h, hk, d, wl, wr; };
+  std::vector<Case> cases = {
+      {1, 128, 128, 1, 1, 128, -1, -1}, {2, 300, 300, 4, 2, 128, -1, -1},
+      {1, 1000, 1000, 2, 2, 128, -1, 0}, {1, 77, 500, 2, 1, 128, -1, 0},
+      {1, 500, 77, 2, 1, 128, -1, 0},  {2, 1024, 1024, 2, 2, 128, 100, 50},
+      {1, 1, 300, 2, 2, 128, -1, -1},  {1, 513, 700, 3, 1, 128, 0, 0},
+      {1, 256, 256, 2, 2, 64, -1, -1}, {1, 333, 1000, 2, 2, 64, -1, 0},
+      {1, 256, 256, 2, 2, 256, -1, -1}, {1, 333, 1000, 2, 1, 256, -1, 0},
+      {1, 200, 40, 2, 2, 128, 10, 0},
+  };
+  for (const Case& c : cases) {
+    fails += !check<__nv_bfloat16>(true, c.b, c.sq, c.sk, c.h, c.hk, c.d, c.wl, c.wr, seed++);
+    fails += !check<__half>(false, c.b, c.sq, c.sk, c.h, c.hk, c.d, c.wl, c.wr, seed++);
+  }
+  printf("%d failures\n", fails);
+  if (argc > 1) {
+    for (int seq : {512, 1024, 2048, 4096, 8192, 16384}) bench(seq, 128, false);
+    for (int seq : {512, 1024, 2048, 4096, 8192, 16384}) bench(seq, 128, true);
+    for (int seq : {1024, 16384}) { bench(seq, 64, false); bench(seq, 256, false); }
+  }
+  return fails != 0;
+}
