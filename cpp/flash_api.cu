@@ -314,9 +314,9 @@ void launch_check(const char* what) {
 
 // --- Our Hopper kernels (sm90/flash_sm90.h) -------------------------------
 
-// The Hopper forward's params for a dense call of shape s (no pointers yet).
-jfa_sm90::FwdParams sm90_params(const jfa_attention_shape& s) {
-  jfa_sm90::FwdParams p{};
+// The Hopper kernels' view of a dense call of shape s.
+jfa_sm90::Shape sm90_shape(const jfa_attention_shape& s) {
+  jfa_sm90::Shape p{};
   p.batch = static_cast<int>(s.batch);
   p.seqlen_q = static_cast<int>(s.seqlen_q);
   p.seqlen_k = static_cast<int>(s.seqlen_k);
@@ -331,10 +331,10 @@ jfa_sm90::FwdParams sm90_params(const jfa_attention_shape& s) {
   return p;
 }
 
-// Linked (--//cpp:sm90_kernels on a build for sm_90) and covering p.
-bool sm90_supports(const jfa_sm90::FwdParams& p) {
+// Linked (--//cpp:sm90_kernels on a build for sm_90) and covering s.
+bool sm90_supports(const jfa_sm90::Shape& s) {
   return jfa_sm90::fwd_supported != nullptr && jfa_sm90::run_fwd != nullptr &&
-         jfa_sm90::fwd_supported(p);
+         jfa_sm90::fwd_supported(s);
 }
 
 // The dispatch rule, written once: jfa_fwd_uses_sm90 publishes it and
@@ -345,24 +345,7 @@ bool uses_sm90(const jfa_attention_shape& s, bool has_alibi, bool is_varlen, int
                int cc_minor) {
   if (is_varlen || has_alibi || s.softcap != 0.f) return false;
   if (cc_major != 9 || cc_minor != 0) return false;
-  return sm90_supports(sm90_params(s));
-}
-
-// The Hopper backward's params for a dense call of shape s (no pointers yet).
-jfa_sm90::BwdParams sm90_bwd_params(const jfa_attention_shape& s) {
-  const jfa_sm90::FwdParams f = sm90_params(s);
-  jfa_sm90::BwdParams p{};
-  p.batch = f.batch;
-  p.seqlen_q = f.seqlen_q;
-  p.seqlen_k = f.seqlen_k;
-  p.heads = f.heads;
-  p.heads_k = f.heads_k;
-  p.head_dim = f.head_dim;
-  p.bf16 = f.bf16;
-  p.softmax_scale = f.softmax_scale;
-  p.window_left = f.window_left;
-  p.window_right = f.window_right;
-  return p;
+  return sm90_supports(sm90_shape(s));
 }
 
 // The backward's rule: the forward's, for the head dims the Hopper backward
@@ -372,7 +355,7 @@ bool uses_sm90_bwd(const jfa_attention_shape& s, bool has_alibi, bool is_varlen,
                    int cc_minor) {
   if (s.deterministic || !uses_sm90(s, has_alibi, is_varlen, cc_major, cc_minor)) return false;
   return jfa_sm90::bwd_supported != nullptr && jfa_sm90::run_bwd != nullptr &&
-         jfa_sm90::bwd_supported(sm90_bwd_params(s));
+         jfa_sm90::bwd_supported(sm90_shape(s));
 }
 
 // What jfa_has_sm90_kernel asks about: an ordinary call of that dtype and
@@ -416,8 +399,19 @@ void current_device_cc(int* major, int* minor) {
   *minor = (packed - 1) & 0xff;
 }
 
+// Whether a call runs on the Hopper kernels by `rule` (uses_sm90 or
+// uses_sm90_bwd), on the current GPU, unless the environment says otherwise.
+template <class Rule>
+bool takes_sm90_path(Rule rule, const jfa_attention_shape& s, bool has_alibi, bool is_varlen) {
+  if (is_varlen || !sm90_enabled_by_env()) return false;
+  int major = 0, minor = 0;
+  current_device_cc(&major, &minor);
+  return rule(s, has_alibi, is_varlen, major, minor);
+}
+
 void sm90_fwd(const jfa_fwd_args& a, cudaStream_t stream) {
-  jfa_sm90::FwdParams p = sm90_params(a.shape);
+  jfa_sm90::FwdParams p{};
+  static_cast<jfa_sm90::Shape&>(p) = sm90_shape(a.shape);
   p.q = a.q;
   p.k = a.k;
   p.v = a.v;
@@ -435,13 +429,9 @@ void mha_fwd(const jfa_fwd_args& a, cudaStream_t stream, const Varlen* varlen = 
   // runs: the backward needs them, and which calls a build refuses should not
   // depend on the GPU.
   Kernels kernels = require_kernels(a.shape);
-  if (!varlen && sm90_enabled_by_env()) {
-    int major = 0, minor = 0;
-    current_device_cc(&major, &minor);
-    if (uses_sm90(a.shape, a.alibi_slopes != nullptr, false, major, minor)) {
-      sm90_fwd(a, stream);
-      return;
-    }
+  if (takes_sm90_path(uses_sm90, a.shape, a.alibi_slopes != nullptr, varlen != nullptr)) {
+    sm90_fwd(a, stream);
+    return;
   }
   Flash_fwd_params p;
   fill_fwd(p, a.shape, a.q, a.k, a.v, a.out, a.softmax_lse, a.alibi_slopes,
@@ -453,7 +443,8 @@ void mha_fwd(const jfa_fwd_args& a, cudaStream_t stream, const Varlen* varlen = 
 
 // The scratch sizes are jfa_bwd_workspace_elems', which cover both backwards.
 void sm90_bwd(const jfa_bwd_args& a, cudaStream_t stream) {
-  jfa_sm90::BwdParams p = sm90_bwd_params(a.shape);
+  jfa_sm90::BwdParams p{};
+  static_cast<jfa_sm90::Shape&>(p) = sm90_shape(a.shape);
   p.q = a.q;
   p.k = a.k;
   p.v = a.v;
@@ -482,13 +473,9 @@ void mha_bwd(const jfa_bwd_args& a, cudaStream_t stream, const Varlen* varlen = 
           "null tensor pointer in backward arguments");
   if (varlen) check_varlen(*varlen);
   Kernels kernels = require_kernels(s);
-  if (!varlen && sm90_enabled_by_env()) {
-    int major = 0, minor = 0;
-    current_device_cc(&major, &minor);
-    if (uses_sm90_bwd(s, a.alibi_slopes != nullptr, false, major, minor)) {
-      sm90_bwd(a, stream);
-      return;
-    }
+  if (takes_sm90_path(uses_sm90_bwd, s, a.alibi_slopes != nullptr, varlen != nullptr)) {
+    sm90_bwd(a, stream);
+    return;
   }
   Flash_bwd_params p;
   fill_fwd(p, s, a.q, a.k, a.v, a.out, a.softmax_lse, a.alibi_slopes, a.alibi_slopes_batch_stride);
@@ -775,11 +762,8 @@ const char* jfa_build_config(void) {
     std::string kernels, sm90, sm90_bwd;
     for (jfa_dtype dtype : {JFA_FLOAT16, JFA_BFLOAT16}) {
       for (int d : {32, 64, 96, 128, 192, 256}) {
-        if (jfa_has_kernel(dtype, d)) {
-          kernels += std::string(kernels.empty() ? "" : " ") + dtype_name(dtype) + "/" +
-                     std::to_string(d);
-        }
         const std::string name = dtype_name(dtype) + std::string("/") + std::to_string(d);
+        if (jfa_has_kernel(dtype, d)) kernels += (kernels.empty() ? "" : " ") + name;
         if (jfa_has_sm90_kernel(dtype, d)) sm90 += (sm90.empty() ? "" : " ") + name;
         if (jfa_has_sm90_bwd_kernel(dtype, d)) sm90_bwd += (sm90_bwd.empty() ? "" : " ") + name;
       }

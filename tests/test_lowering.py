@@ -84,4 +84,3 @@ def test_extension_surface(flash):
     assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72, True, 132)) == (17 * 2 * 128 * 4 * 96, 2 * 2 * 4 * 128)
     assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72, True, 4)) == (2 * 128 * 4 * 96, 2 * 2 * 4 * 128)
     assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72, False, 132)) == (2 * 128 * 4 * 96, 2 * 2 * 4 * 128)
-

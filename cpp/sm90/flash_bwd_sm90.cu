@@ -188,34 +188,31 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   const unsigned char* k_rows = sK + wg * 64 * kBoxRowBytes;
   const unsigned char* v_rows = sV + wg * 64 * kBoxRowBytes;
 
+  // acc = rows tile^T: this warpgroup's 64 keys of K (or V) against 64 rows
+  // of Q (or dO), both K-major over the head dim, as one commit group.
+  auto transposed_product = [&](const unsigned char* rows, const unsigned char* tile,
+                                float(&acc)[32]) {
+    pin(acc);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const int box = kk / 4, within = (kk % 4) * 32;
+      mma_ss<typename Gmma<kBf16, 64, kK, kK>::SS>(
+          desc(rows + box * kBwdBlockN * kBoxRowBytes + within, 16, 1024),
+          desc(tile + box * kBwdBlockM * kBoxRowBytes + within, 16, 1024), acc, kk > 0,
+          std::make_index_sequence<32>{});
+    }
+    wgmma_commit();
+  };
+
   auto issue_s_dp = [&](int i) {
     const int s = i % kStages, parity = (i / kStages) & 1;
     const unsigned char* q_tile = sQ + s * L::kQBytes;
     const unsigned char* do_tile = sdO + s * L::kQBytes;
     mbar_wait(&q_full[s], parity);
-    pin(s_acc);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const int box = kk / 4, within = (kk % 4) * 32;
-      mma_ss<typename Gmma<kBf16, 64, kK, kK>::SS>(
-          desc(k_rows + box * kBwdBlockN * kBoxRowBytes + within, 16, 1024),
-          desc(q_tile + box * kBwdBlockM * kBoxRowBytes + within, 16, 1024), s_acc, kk > 0,
-          std::make_index_sequence<32>{});
-    }
-    wgmma_commit();
+    transposed_product(k_rows, q_tile, s_acc);
     mbar_wait(&do_full[s], parity);
-    pin(dp_acc);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const int box = kk / 4, within = (kk % 4) * 32;
-      mma_ss<typename Gmma<kBf16, 64, kK, kK>::SS>(
-          desc(v_rows + box * kBwdBlockN * kBoxRowBytes + within, 16, 1024),
-          desc(do_tile + box * kBwdBlockM * kBoxRowBytes + within, 16, 1024), dp_acc, kk > 0,
-          std::make_index_sequence<32>{});
-    }
-    wgmma_commit();
+    transposed_product(v_rows, do_tile, dp_acc);
   };
 
   // This warpgroup's dQ tile goes to shared memory in accumulator order
@@ -433,29 +430,21 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
       (e = make_map(&k_map, p.k, kBf16, p.batch, p.seqlen_k, p.heads_k, D, kBwdBlockN)) != cudaSuccess ||
       (e = make_map(&v_map, p.v, kBf16, p.batch, p.seqlen_k, p.heads_k, D, kBwdBlockN)) != cudaSuccess)
     return e;
-  const int64_t rows = int64_t(p.batch) * p.seqlen_q * p.heads;
-  const int64_t m_blocks = (p.seqlen_q + kBwdBlockM - 1) / kBwdBlockM;
-  const int64_t accum_bytes = int64_t(p.batch) * p.heads * m_blocks * kBwdBlockM * D * sizeof(float);
-  if ((e = cudaMemsetAsync(p.dq_accum, 0, accum_bytes, stream)) != cudaSuccess) return e;
-  const int64_t stat_rows = int64_t(p.batch) * p.heads * m_blocks * kBwdBlockM;
+  const BwdScratch scratch = bwd_scratch_elems(p.batch, p.heads, p.seqlen_q, D);
+  if ((e = cudaMemsetAsync(p.dq_accum, 0, scratch.dq_accum * sizeof(float), stream)) != cudaSuccess)
+    return e;
+  const int64_t stat_rows = scratch.row_stats / 2;  // [batch, heads, seqlen_q padded to 64]
+  const int padded_q = static_cast<int>(stat_rows / (int64_t(p.batch) * p.heads));
   row_stats_kernel<kBf16><<<(stat_rows + 7) / 8, 256, 0, stream>>>(
-      p.out, p.dout, p.lse, p.softmax_d, stat_rows, stat_rows, p.heads, p.seqlen_q,
-      m_blocks * kBwdBlockM, D);
+      p.out, p.dout, p.lse, p.softmax_d, stat_rows, stat_rows, p.heads, p.seqlen_q, padded_q, D);
 
   BwdArgs a;
+  set_problem(a, p);
   a.row_stats = p.softmax_d;
   a.stats_stride = stat_rows;
   a.dq_accum = p.dq_accum;
   a.dk = p.dk;
   a.dv = p.dv;
-  a.seqlen_q = p.seqlen_q;
-  a.seqlen_k = p.seqlen_k;
-  a.heads = p.heads;
-  a.group = p.heads / p.heads_k;
-  a.scale = p.softmax_scale;
-  a.scale_log2 = p.softmax_scale * static_cast<float>(M_LOG2E);
-  a.window_left = p.window_left;
-  a.window_right = p.window_right;
   auto kernel = flash_bwd_kernel<kBf16, D, kStages>;
   constexpr int smem = BwdSmem<D, kStages>::kBytes;
   if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem)) !=
@@ -464,7 +453,7 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
   const dim3 grid((p.seqlen_k + kBwdBlockN - 1) / kBwdBlockN, p.heads, p.batch);
   kernel<<<grid, kBwdThreads, smem, stream>>>(q_map, k_map, v_map, do_map, a);
 
-  const int64_t n = rows * D;
+  const int64_t n = int64_t(p.batch) * p.seqlen_q * p.heads * D;
   dq_convert_kernel<kBf16><<<(n / 2 + 255) / 256, 256, 0, stream>>>(p.dq_accum, p.dq, n, p.heads,
                                                                   p.seqlen_q, p.softmax_scale);
   return cudaPeekAtLastError();
@@ -472,8 +461,8 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
 
 }  // namespace
 
-bool bwd_supported(const BwdParams& p) {
-  return p.head_dim == 128 && p.softmax_scale > 0.f && p.heads_k > 0 && p.heads % p.heads_k == 0;
+bool bwd_supported(const Shape& s) {
+  return s.head_dim == 128 && s.softmax_scale > 0.f && s.heads_k > 0 && s.heads % s.heads_k == 0;
 }
 
 cudaError_t run_bwd(const BwdParams& p, cudaStream_t stream) {

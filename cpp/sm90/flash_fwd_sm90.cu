@@ -60,7 +60,7 @@ __device__ __forceinline__ void key_range(const Args& a, int row_lo, int row_hi,
   *hi = last <= 0 ? 0 : (last + block_n - 1) / block_n;
 }
 
-template <bool kBf16, int D, int kBlockN, int kStages, bool kPingPong>
+template <bool kBf16, int D, int kBlockN, int kStages>
 __global__ void __launch_bounds__(kThreads, 1)
     flash_fwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
                const __grid_constant__ CUtensorMap v_map, const Args a) {
@@ -260,10 +260,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   // tensor cores. Slot 0 is block 0's S; slot i is block i's S with block
   // i - 1's P V; the last slot is the last P V.
   auto begin_turn = [&](int slot) {
-    if (kPingPong && !(wg == 0 && slot == 0)) turn_wait(wg);
+    if (!(wg == 0 && slot == 0)) turn_wait(wg);
   };
   auto end_turn = [&](int slot) {
-    if (kPingPong && !(wg == 1 && slot == n_blocks)) turn_pass(wg);
+    if (!(wg == 1 && slot == n_blocks)) turn_pass(wg);
   };
 
   if (n_blocks > 0) {
@@ -335,7 +335,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
-template <bool kBf16, int D, int kBlockN, int kStages, bool kPingPong>
+template <bool kBf16, int D, int kBlockN, int kStages>
 cudaError_t launch(const FwdParams& p, cudaStream_t stream) {
   CUtensorMap q_map, k_map, v_map;
   cudaError_t e;
@@ -344,18 +344,11 @@ cudaError_t launch(const FwdParams& p, cudaStream_t stream) {
       (e = make_map(&v_map, p.v, kBf16, p.batch, p.seqlen_k, p.heads_k, D, kBlockN)) != cudaSuccess)
     return e;
   Args a;
+  set_problem(a, p);
   a.out = p.out;
   a.lse = p.lse;
-  a.seqlen_q = p.seqlen_q;
-  a.seqlen_k = p.seqlen_k;
-  a.heads = p.heads;
-  a.group = p.heads / p.heads_k;
-  a.scale = p.softmax_scale;
-  a.scale_log2 = p.softmax_scale * static_cast<float>(M_LOG2E);
-  a.window_left = p.window_left;
-  a.window_right = p.window_right;
 
-  auto kernel = flash_fwd_kernel<kBf16, D, kBlockN, kStages, kPingPong>;
+  auto kernel = flash_fwd_kernel<kBf16, D, kBlockN, kStages>;
   constexpr int smem = Smem<D, kBlockN, kStages>::kBytes;
   if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem)) !=
       cudaSuccess)
@@ -369,18 +362,18 @@ template <bool kBf16>
 cudaError_t dispatch_dim(const FwdParams& p, cudaStream_t stream) {
   switch (p.head_dim) {
     // Stages: as many as fit in 227 KB. Measured on an H200 (docs/hopper-notes.md).
-    case 64: return launch<kBf16, 64, 128, 4, true>(p, stream);
-    case 128: return launch<kBf16, 128, 128, 3, true>(p, stream);
-    case 256: return launch<kBf16, 256, 64, 2, true>(p, stream);
+    case 64: return launch<kBf16, 64, 128, 4>(p, stream);
+    case 128: return launch<kBf16, 128, 128, 3>(p, stream);
+    case 256: return launch<kBf16, 256, 64, 2>(p, stream);
   }
   return cudaErrorNotSupported;
 }
 
 }  // namespace
 
-bool fwd_supported(const FwdParams& p) {
-  return (p.head_dim == 64 || p.head_dim == 128 || p.head_dim == 256) && p.softmax_scale > 0.f &&
-         p.heads_k > 0 && p.heads % p.heads_k == 0;
+bool fwd_supported(const Shape& s) {
+  return (s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256) && s.softmax_scale > 0.f &&
+         s.heads_k > 0 && s.heads % s.heads_k == 0;
 }
 
 cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {

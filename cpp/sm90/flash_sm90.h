@@ -13,13 +13,9 @@
 
 namespace jfa_sm90 {
 
-// Dense [batch, seq, heads, head_dim] tensors, as in the C ABI.
-struct FwdParams {
-  const void* q;
-  const void* k;
-  const void* v;
-  void* out;
-  float* lse;  // [batch, heads, seqlen_q]; +inf where a row sees no key
+// A call's sizes and options; its tensors are dense [batch, seq, heads,
+// head_dim], as in the C ABI.
+struct Shape {
   int batch;
   int seqlen_q;
   int seqlen_k;
@@ -35,14 +31,22 @@ struct FwdParams {
   int window_right;
 };
 
-// Whether this build has a kernel for the params' dtype and head dim. It does
-// not look at the GPU.
-__attribute__((weak)) bool fwd_supported(const FwdParams& p);
+struct FwdParams : Shape {
+  const void* q;
+  const void* k;
+  const void* v;
+  void* out;
+  float* lse;  // [batch, heads, seqlen_q]; +inf where a row sees no key
+};
+
+// Whether this build has a forward kernel for the shape's dtype and head dim.
+// It does not look at the GPU.
+__attribute__((weak)) bool fwd_supported(const Shape& s);
 
 // Launches the forward on `stream`; the GPU must be sm_90.
 __attribute__((weak)) cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream);
 
-struct BwdParams {
+struct BwdParams : Shape {
   const void* q;
   const void* k;
   const void* v;
@@ -54,20 +58,10 @@ struct BwdParams {
   void* dv;
   float* dq_accum;   // scratch: bwd_scratch_elems(...).dq_accum floats
   float* softmax_d;  // scratch: bwd_scratch_elems(...).row_stats floats
-  int batch;
-  int seqlen_q;
-  int seqlen_k;
-  int heads;
-  int heads_k;
-  int head_dim;
-  bool bf16;
-  float softmax_scale;
-  int window_left;  // as in FwdParams
-  int window_right;
 };
 
-// Whether this build has a backward kernel for the params' dtype and head dim.
-__attribute__((weak)) bool bwd_supported(const BwdParams& p);
+// Whether this build has a backward kernel for the shape's dtype and head dim.
+__attribute__((weak)) bool bwd_supported(const Shape& s);
 
 // Float32 scratch the backward needs: dq_accum holds dQ in 64-row blocks,
 // softmax_d the log-sum-exp and rowsum(dO * O) of every padded row.

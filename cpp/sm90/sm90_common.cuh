@@ -14,8 +14,11 @@
 
 #include <cute/arch/mma_sm90_gmma.hpp>
 
+#include <cmath>
 #include <cstdint>
 #include <utility>
+
+#include "flash_sm90.h"
 
 namespace jfa_sm90 {
 namespace {
@@ -168,6 +171,20 @@ __device__ __forceinline__ uint32_t pack(float x, float y) {
 
 // ---------------------------------------------------------------------------
 // Host side.
+
+// A call's sizes and options as both kernels take them (their argument
+// structs name these fields alike).
+template <class KernelArgs>
+void set_problem(KernelArgs& a, const Shape& s) {
+  a.seqlen_q = s.seqlen_q;
+  a.seqlen_k = s.seqlen_k;
+  a.heads = s.heads;
+  a.group = s.heads / s.heads_k;
+  a.scale = s.softmax_scale;
+  a.scale_log2 = s.softmax_scale * static_cast<float>(M_LOG2E);
+  a.window_left = s.window_left;
+  a.window_right = s.window_right;
+}
 
 using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
                                  const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,

@@ -5,7 +5,7 @@ neither Bazel nor network, and a pybind11 extension must be compiled for the
 Python that imports it. This script mirrors, for that host only, what
 cpp/BUILD.bazel and third_party/cuda/defs.bzl do (keep the nvcc flags in
 step): nvcc compiles the selected FlashAttention-2 kernels from the flash-attn
-sdist, with sm_90 among --archs our Hopper forward (cpp/sm90/*.cu, for sm_90a
+sdist, with sm_90 among --archs our Hopper kernels (cpp/sm90/*.cu, for sm_90a
 only; --no-sm90 leaves it out, as --//cpp:sm90_kernels=false), and the C ABI;
 g++ the pybind11 binding, and the packages are assembled as
 python/package.bzl assembles them. A Rust extension built elsewhere with
@@ -30,7 +30,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NVCC_FLAGS = ["-std=c++17", "-O3", "--use_fast_math", "--expt-relaxed-constexpr", "--expt-extended-lambda",
               "-Xcompiler=-fPIC", "-DNDEBUG", "-Xcompiler=-Wno-deprecated-declarations"]
-# //cpp:torch_compat's define, seen by the targets that depend on it (not the Hopper forward's).
+# //cpp:torch_compat's define, seen by the targets that depend on it (not the Hopper kernels').
 FA2_DEFINES = ["-DFLASHATTENTION_DISABLE_DROPOUT"]
 
 
@@ -52,7 +52,7 @@ def main():
     ap.add_argument("--no-splitkv", dest="splitkv", action="store_false",
                     help="leave out the split-KV kernels (flash_mha_with_kvcache), as --//cpp:splitkv=false")
     ap.add_argument("--no-sm90", dest="sm90", action="store_false",
-                    help="leave out our Hopper forward (cpp/sm90), as --//cpp:sm90_kernels=false")
+                    help="leave out our Hopper kernels (cpp/sm90), as --//cpp:sm90_kernels=false")
     ap.add_argument("--cuda", default=os.environ.get("CUDA_HOME", "/usr/local/cuda"))
     ap.add_argument("--rust-extension", help="a _jflash_attn_rust.so built by Bazel")
     args = ap.parse_args()
@@ -62,13 +62,13 @@ def main():
         tar.extractall(args.work, filter="data")
     src = os.path.join(args.work, os.path.basename(args.sdist)[: -len(".tar.gz")], "csrc")
     archs = args.archs.split(",")
-    # flash_api.cu refers to the Hopper forward through cpp/sm90's interface header.
+    # flash_api.cu refers to the Hopper kernels through cpp/sm90's interface header.
     includes = [f"-I{ROOT}/cpp/include", f"-I{ROOT}/cpp/compat", f"-I{ROOT}/cpp/sm90", f"-I{src}/flash_attn/src",
                 f"-I{src}/cutlass/include", f"-I{args.cuda}/include"]
-    # The Hopper forward's: its header, cute/ and cutlass/, cuda.h (CUtensorMap).
+    # The Hopper kernels': their header, cute/ and cutlass/, cuda.h (CUtensorMap).
     sm90_includes = [f"-I{ROOT}/cpp/sm90", f"-I{src}/cutlass/include", f"-I{args.cuda}/include"]
     gencode = [f"-gencode=arch=compute_{a[3:]},code=sm_{a[3:]}" for a in archs]
-    # wgmma and setmaxnreg exist only in sm_90a code: the Hopper forward is built for
+    # wgmma and setmaxnreg exist only in sm_90a code: the Hopper kernels are built for
     # that alone, and only where the build is for sm_90 (as cpp/BUILD.bazel's select).
     sm90 = args.sm90 and bool({"sm_90", "sm_90a"} & set(archs))
     nvcc = os.path.join(args.cuda, "bin", "nvcc")
@@ -76,7 +76,7 @@ def main():
     # The longest files first (on the H200 host's 16 cores: split-KV about 6 min,
     # backward 3.5, forward 2), so that the pool stays busy to the end.
     passes = ("fwd_split", "bwd", "fwd") if args.splitkv else ("bwd", "fwd")
-    # (path, flags): the Hopper forward first, being one long file.
+    # (path, flags): the Hopper kernels first, being long files.
     sources = [(path, [*NVCC_FLAGS, "-gencode=arch=compute_90a,code=sm_90a", *sm90_includes])
                for path in sorted(glob.glob(os.path.join(ROOT, "cpp", "sm90", "*.cu")))] if sm90 else []
     fa2_flags = [*NVCC_FLAGS, *FA2_DEFINES, *gencode, *includes]
@@ -95,7 +95,7 @@ def main():
 
     start = time.time()
     print(f"nvcc: {len(sources)} files on {args.jobs} jobs for {args.archs}"
-          f"{' (Hopper forward: sm_90a)' if sm90 else ''}", flush=True)
+          f"{' (Hopper kernels: sm_90a)' if sm90 else ''}", flush=True)
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         objects = list(pool.map(compile_cu, sources))
     buffers = os.path.join(args.work, "ffi_buffers.o")

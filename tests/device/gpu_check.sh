@@ -17,8 +17,8 @@
 # the Rust binding from the installed wheel. HEAD_DIMS (default 64,128) picks
 # the build's head dims; tests/test_sm90.py's head dim 256 cases need 256 in it.
 #
-# On an sm_90 GPU every dense forward without ALiBi or softcap runs our Hopper
-# forward where the build has it (so `suite` tests it throughout);
+# On an sm_90 GPU every dense call without ALiBi or softcap runs our Hopper
+# kernels where the build has them (so `suite` tests them throughout);
 # JAX_FLASH_ATTN_SM90=0 sends them to FlashAttention-2 (see `sm90`).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -57,7 +57,7 @@ case "$phase" in
     # The Hopper kernels' own tests (skips say why: no sm_90 GPU, or the build lacks the case).
     XLA_FLAGS=--xla_gpu_autotune_level=0 "$py" -m pytest tests/test_sm90.py -q -n 8 -p no:cacheprovider -rfEs \
       2>&1 | tee -a "$out/sm90.log"
-    # The kernel tests on FlashAttention-2's forward alone, which `suite` no longer reaches on Hopper.
+    # The kernel tests on FlashAttention-2's kernels alone, which `suite` no longer reaches on Hopper.
     JAX_FLASH_ATTN_SM90=0 XLA_FLAGS=--xla_gpu_autotune_level=0 "$py" -m pytest tests/test_gpu.py -q -n 8 \
       -p no:cacheprovider -rfE 2>&1 | tee "$out/sm90-off.log"
     # memcheck and racecheck on the Hopper kernels, picked by name

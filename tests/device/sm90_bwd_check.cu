@@ -13,13 +13,6 @@
 #include <string>
 #include <vector>
 
-
-
-__device__ bool vis(int i, int j, int sq, int sk, int wl, int wr) {
-  const int off = sk - sq;
-  return (wl < 0 || j >= i + off - wl) && (wr < 0 || j <= i + off + wr);
-}
-
 // Per (query row, head, batch): P and dS rows to global, and dQ.
 template <typename T>
 __global__ void ref_rows(const T* q, const T* k, const T* v, const T* dout, float* P, float* dS,
@@ -34,16 +27,14 @@ __global__ void ref_rows(const T* q, const T* k, const T* v, const T* dout, floa
     const T* vr = v + ((int64_t(b) * sk + j) * hk + hh) * d;
     float s = 0, t = 0;
     for (int c = 0; c < d; ++c) { s += to_f(qr[c]) * to_f(kr[c]); t += to_f(dor[c]) * to_f(vr[c]); }
-    sc[j] = vis(i, j, sq, sk, wl, wr) ? s * scale : -INFINITY;
+    sc[j] = visible(i, j, sq, sk, wl, wr) ? s * scale : -INFINITY;
     dp[j] = t;
   }
   __syncthreads();
   __shared__ float red[2];
   if (threadIdx.x == 0) {
-    float m = -INFINITY;
-    for (int j = 0; j < sk; ++j) m = fmaxf(m, sc[j]);
-    float l = 0;
-    for (int j = 0; j < sk; ++j) l += m == -INFINITY ? 0.f : expf(sc[j] - m);
+    float m, l;
+    row_max_and_sum(sc, sk, &m, &l);
     float D = 0;
     for (int j = 0; j < sk; ++j) {
       float pj = l > 0 && sc[j] != -INFINITY ? expf(sc[j] - m) / l : 0.f;
@@ -126,9 +117,10 @@ bool check(bool bf16, int b, int sq, int sk, int h, int hk, int d, int wl, int w
   CK(cudaMemset(dq, 0xFF, nq * 2)); CK(cudaMemset(dk, 0xFF, nkh * 2)); CK(cudaMemset(dv, 0xFF, nkh * 2));
   CK(cudaMemset(acc, 0xFF, int64_t(b) * h * ((sq + 63) / 64) * 64 * d * 4));
   const float scale = 1.f / sqrtf(float(d));
-  jfa_sm90::FwdParams fp{q, k, v, o, lse, b, sq, sk, h, hk, d, bf16, scale, wl, wr};
+  const jfa_sm90::Shape shape{b, sq, sk, h, hk, d, bf16, scale, wl, wr};
+  jfa_sm90::FwdParams fp{shape, q, k, v, o, lse};
   CK(jfa_sm90::run_fwd(fp, 0));
-  jfa_sm90::BwdParams bp{q, k, v, o, dout, lse, dq, dk, dv, acc, sd, b, sq, sk, h, hk, d, bf16, scale, wl, wr};
+  jfa_sm90::BwdParams bp{shape, q, k, v, o, dout, lse, dq, dk, dv, acc, sd};
   CK(jfa_sm90::run_bwd(bp, 0));
   CK(cudaDeviceSynchronize());
   ref_rows<T><<<dim3(sq, h, b), 128, (2 * sk + 1) * 4>>>(q, k, v, dout, P, dS, rq, sq, sk, h, hk, d, scale, wl, wr);
@@ -162,9 +154,10 @@ void bench(int seq, bool causal) {
   fill_random<<<(n + 255) / 256, 256>>>(dout, n, 4);
   const float scale = 1.f / sqrtf(float(d));
   const int wr = causal ? 0 : -1;
-  jfa_sm90::FwdParams fp{q, k, v, o, lse, b, seq, seq, h, h, d, true, scale, -1, wr};
+  const jfa_sm90::Shape shape{b, seq, seq, h, h, d, true, scale, -1, wr};
+  jfa_sm90::FwdParams fp{shape, q, k, v, o, lse};
   CK(jfa_sm90::run_fwd(fp, 0));
-  jfa_sm90::BwdParams bp{q, k, v, o, dout, lse, dq, dk, dv, acc, sd, b, seq, seq, h, h, d, true, scale, -1, wr};
+  jfa_sm90::BwdParams bp{shape, q, k, v, o, dout, lse, dq, dk, dv, acc, sd};
   for (int i = 0; i < 3; ++i) CK(jfa_sm90::run_bwd(bp, 0));
   cudaEvent_t e0, e1; cudaEventCreate(&e0); cudaEventCreate(&e1);
   const int iters = 10;

@@ -46,3 +46,20 @@ __global__ void fill_random(T* x, int64_t n, uint32_t seed) {
     else x[i] = __float2half(g);
   }
 }
+
+// Whether query i sees key j (window bounds relative to the bottom-right
+// diagonal, negative: unbounded), as the kernels define it.
+__device__ inline bool visible(int i, int j, int sq, int sk, int wl, int wr) {
+  const int off = sk - sq;
+  return (wl < 0 || j >= i + off - wl) && (wr < 0 || j <= i + off + wr);
+}
+
+// The max and the sum of exp(x - max) of a row of scaled scores (-inf where
+// masked; a row that sees no key has max -inf and sum 0).
+__device__ inline void row_max_and_sum(const float* scores, int n, float* max, float* sum) {
+  float m = -INFINITY, l = 0.f;
+  for (int j = 0; j < n; ++j) m = fmaxf(m, scores[j]);
+  for (int j = 0; j < n; ++j) l += m == -INFINITY ? 0.f : expf(scores[j] - m);
+  *max = m;
+  *sum = l;
+}

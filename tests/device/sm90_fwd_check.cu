@@ -27,11 +27,9 @@ __global__ void reference(const T* q, const T* k, const T* v, float* out, float*
   extern __shared__ float sc[];
   const int row = blockIdx.x, head = blockIdx.y, b = blockIdx.z, hkk = head / (h / hk);
   const T* qr = q + ((int64_t(b) * sq + row) * h + head) * d;
-  const int off = sk - sq;
   for (int j = threadIdx.x; j < sk; j += blockDim.x) {
-    bool vis = (wl < 0 || j >= row + off - wl) && (wr < 0 || j <= row + off + wr);
     float s = -INFINITY;
-    if (vis) {
+    if (visible(row, j, sq, sk, wl, wr)) {
       const T* kr = k + ((int64_t(b) * sk + j) * hk + hkk) * d;
       s = 0;
       for (int c = 0; c < d; ++c) s += to_f(qr[c]) * to_f(kr[c]);
@@ -41,14 +39,7 @@ __global__ void reference(const T* q, const T* k, const T* v, float* out, float*
   }
   __syncthreads();
   __shared__ float red[2];
-  if (threadIdx.x == 0) {
-    float m = -INFINITY;
-    for (int j = 0; j < sk; ++j) m = fmaxf(m, sc[j]);
-    float l = 0;
-    for (int j = 0; j < sk; ++j) l += (m == -INFINITY) ? 0.f : expf(sc[j] - m);
-    red[0] = m;
-    red[1] = l;
-  }
+  if (threadIdx.x == 0) row_max_and_sum(sc, sk, &red[0], &red[1]);
   __syncthreads();
   const float m = red[0], l = red[1];
   for (int c = threadIdx.x; c < d; c += blockDim.x) {
@@ -77,7 +68,7 @@ bool check(bool bf16, int b, int sq, int sk, int h, int hk, int d, int wl, int w
   CK(cudaMemset(o, 0xFF, nq * 2));  // poison: NaN
   CK(cudaMemset(lse, 0xFF, int64_t(b) * h * sq * 4));
   float scale = 1.f / sqrtf(float(d));
-  jfa_sm90::FwdParams p{q, k, v, o, lse, b, sq, sk, h, hk, d, bf16, scale, wl, wr};
+  jfa_sm90::FwdParams p{{b, sq, sk, h, hk, d, bf16, scale, wl, wr}, q, k, v, o, lse};
   CK(jfa_sm90::run_fwd(p, 0));
   CK(cudaDeviceSynchronize());
   reference<T><<<dim3(sq, h, b), 128, sk * 4>>>(q, k, v, ro, rl, sq, sk, h, hk, d, scale, wl, wr);
@@ -118,7 +109,7 @@ void bench(int seq, int d, bool causal) {
   fill_random<<<(n + 255) / 256, 256>>>(q, n, 1);
   fill_random<<<(n + 255) / 256, 256>>>(k, n, 2);
   fill_random<<<(n + 255) / 256, 256>>>(v, n, 3);
-  jfa_sm90::FwdParams p{q, k, v, o, lse, b, seq, seq, h, h, d, true, 1.f / sqrtf(float(d)), causal ? -1 : -1, causal ? 0 : -1};
+  jfa_sm90::FwdParams p{{b, seq, seq, h, h, d, true, 1.f / sqrtf(float(d)), -1, causal ? 0 : -1}, q, k, v, o, lse};
   for (int i = 0; i < 3; ++i) CK(jfa_sm90::run_fwd(p, 0));
   cudaEvent_t e0, e1;
   cudaEventCreate(&e0); cudaEventCreate(&e1);

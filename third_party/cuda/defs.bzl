@@ -4,7 +4,7 @@ rules_cuda cannot be fetched on our build machines, so this file provides the
 one rule we need with the same name and the attributes we use (srcs, hdrs,
 deps, copts, defines, includes). Switching to rules_cuda means changing the
 load() line in cpp/BUILD.bazel to "@rules_cuda//cuda:defs.bzl" and dropping
-this file, and pinning the Hopper forward to sm_90a another way: `archs`
+this file, and pinning the Hopper kernels to sm_90a another way: `archs`
 below is ours.
 
 Each .cu file is compiled by nvcc from @cuda in its own action (so Bazel runs
