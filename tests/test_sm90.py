@@ -214,10 +214,13 @@ CASES = [
     ("gqa-causal", (2, 1000, 1000, 8, 2), dict(is_causal=True)),
     ("mqa-window", (2, 300, 1000, 8, 1), dict(window_size=(64, 0))),
     ("batch4-sq300", (4, 300, 300, 2, 2), {}),
+    # 512 query tiles, more than an H100 has SMs: the persistent forward walks several per CTA.
+    ("tiles-over-sms-gqa", (4, 1000, 1000, 16, 4), {}),
 ]
 CASES_BY_ID = {c[0]: c for c in CASES}
 # Every dtype and head dim, on the cases that exercise the most code.
-WIDE_CASES = ["sq77", "sq1000-sk300", "causal-sq1000-sk300", "window-empty-rows", "gqa-causal", "sq2048"]
+WIDE_CASES = ["sq77", "sq1000-sk300", "causal-sq1000-sk300", "window-empty-rows", "gqa-causal", "sq2048",
+              "tiles-over-sms-gqa"]
 
 
 def check_both_paths(flash, rng, dtype, head_dim, case):

@@ -1,7 +1,8 @@
 // Standalone check of our Hopper forward (cpp/sm90/flash_fwd_sm90.cu) without
 // JAX: out and lse against a float32 GPU reference on small shapes (both dtypes,
 // head dims 64/128/256, causal, windows, GQA, rows that see no key), then, with
-// any argument, CUDA-event timing on the benchmark shapes. On a GPU host:
+// any argument, CUDA-event timing on the benchmark shapes ("ncu": only the 16k
+// point, for a profiler). On a GPU host:
 //
 //   nvcc -std=c++17 -O3 --use_fast_math --expt-relaxed-constexpr \
 //     -gencode=arch=compute_90a,code=sm_90a -I<cutlass>/include \
@@ -16,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <string>
 #include <vector>
 
 
@@ -128,6 +130,7 @@ void bench(int seq, int d, bool causal) {
 }
 
 int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "ncu") { bench(16384, 128, false); return 0; }
   int fails = 0, seed = 1234;
   struct Case { int b, sq, sk, h, hk, d, wl, wr; };
   std::vector<Case> cases = {
@@ -138,6 +141,9 @@ int main(int argc, char** argv) {
       {1, 256, 256, 2, 2, 64, -1, -1}, {1, 333, 1000, 2, 2, 64, -1, 0},
       {1, 256, 256, 2, 2, 256, -1, -1}, {1, 333, 1000, 2, 1, 256, -1, 0},
       {1, 200, 40, 2, 2, 128, 10, 0},
+      // More tiles than SMs: the persistent launch gives each CTA several.
+      {4, 1000, 1000, 16, 4, 128, -1, -1}, {2, 1024, 1024, 16, 16, 64, -1, -1},
+      {2, 700, 900, 16, 8, 256, -1, -1},
   };
   for (const Case& c : cases) {
     fails += !check<__nv_bfloat16>(true, c.b, c.sq, c.sk, c.h, c.hk, c.d, c.wl, c.wr, seed++);
