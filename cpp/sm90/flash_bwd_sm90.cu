@@ -57,7 +57,9 @@ struct BwdSmem {
   static constexpr int kDO = kQ + kStages * kQBytes;
   static constexpr int kDs = kDO + kStages * kQBytes;
   static constexpr int kDq = kDs + 2 * kDsBytes;
-  static constexpr int kBars = kDq + 2 * kDqStageBytes;
+  // Per consumer, two buffers of a query block's statistics (64 lse, 64 D).
+  static constexpr int kStats = kDq + 2 * kDqStageBytes;
+  static constexpr int kBars = kStats + 2 * 2 * 128 * 4;
   // kv_full, then q_full, do_full, q_empty per stage.
   static constexpr int kBytes = kBars + 8 * (1 + 3 * kStages) + 1024;  // + alignment slack
 };
@@ -120,7 +122,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   const int head_k = head / a.group;
   const int64_t bh = static_cast<int64_t>(batch) * a.heads + head;
   const int n0 = n_block * kBwdBlockN;
-  const int warpgroup = threadIdx.x / 128;
+  const int warpgroup = warpgroup_index();
 
   if (threadIdx.x == 0) {
     mbar_init(kv_full, 1);
@@ -192,15 +194,15 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   // of Q (or dO), both K-major over the head dim, as one commit group.
   auto transposed_product = [&](const unsigned char* rows, const unsigned char* tile,
                                 float(&acc)[32]) {
+    const uint64_t da = desc(rows, 16, 1024), db = desc(tile, 16, 1024);
     pin(acc);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const int box = kk / 4, within = (kk % 4) * 32;
-      mma_ss<typename Gmma<kBf16, 64, kK, kK>::SS>(
-          desc(rows + box * kBwdBlockN * kBoxRowBytes + within, 16, 1024),
-          desc(tile + box * kBwdBlockM * kBoxRowBytes + within, 16, 1024), acc, kk > 0,
-          std::make_index_sequence<32>{});
+      mma_ss<typename Gmma<kBf16, 64, kK, kK>::SS>(desc_add(da, box * kBwdBlockN * kBoxRowBytes + within),
+                                                   desc_add(db, box * kBwdBlockM * kBoxRowBytes + within),
+                                                   acc, kk > 0, std::make_index_sequence<32>{});
     }
     wgmma_commit();
   };
@@ -221,6 +223,19 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   // one bulk reduce-add; dq_convert_kernel undoes the order.
   float* dq_stage = reinterpret_cast<float*>(sdQ + wg * kDqStageBytes);
   const int wg_thread = threadIdx.x % 128;
+  // Each consumer keeps its own copy of the row statistics of query blocks i
+  // (being read) and i + 1 (being written) in shared memory: thread t loads
+  // block i + 1's lse (t < 64) or D (t >= 64) of row t % 64 from L2 when block
+  // i starts and stores it during block i's dQ flush, between the
+  // warpgroup's own barriers. Held in registers instead (16 lse and 16 D per
+  // thread) they cost 9% at 16k; handed over by the producer, racecheck could
+  // not follow the handoff (docs/hopper-notes.md, b5-b7).
+  float* stats_smem = reinterpret_cast<float*>(smem + L::kStats) + wg * 256;
+  auto stat_load = [&](int i) {
+    return __ldg(a.row_stats + (wg_thread < 64 ? 0 : a.stats_stride) + (bh * m_blocks + m_lo + i) * kBwdBlockM +
+                 wg_thread % 64);
+  };
+  float next_stat = 0.f;
   auto flush_dq = [&](int i) {
     if (wg_thread == 0) bulk_wait_read();  // the previous flush has read the stage
     wg_sync(wg);
@@ -228,6 +243,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     for (int v4 = 0; v4 < 8; ++v4)
       reinterpret_cast<float4*>(dq_stage)[v4 * 128 + wg_thread] =
           make_float4(dq_acc[4 * v4], dq_acc[4 * v4 + 1], dq_acc[4 * v4 + 2], dq_acc[4 * v4 + 3]);
+    stats_smem[((i + 1) % 2) * 128 + wg_thread] = next_stat;
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     wg_sync(wg);
     if (wg_thread == 0) {
@@ -236,23 +252,16 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     }
   };
 
-  if (n_iter > 0) mbar_wait(kv_full, 0);
+  if (n_iter > 0) {
+    mbar_wait(kv_full, 0);
+    stats_smem[wg_thread] = stat_load(0);
+    wg_sync(wg);
+  }
   for (int i = 0; i < n_iter; ++i) {
     const int s = i % kStages;
-    // Columns are queries q0 + 8 j + col + e. Their statistics come from
-    // global memory (L2) first thing, so that the loads' latency hides behind
-    // the waits for Q, dO and the products.
-    const float* stats = a.row_stats + (bh * m_blocks + m_lo + i) * kBwdBlockM;
-    float lse2[16], dd[16];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const float2 v = __ldg(reinterpret_cast<const float2*>(stats + 8 * j + col));
-      const float2 w = __ldg(reinterpret_cast<const float2*>(stats + a.stats_stride + 8 * j + col));
-      lse2[2 * j] = v.x;
-      lse2[2 * j + 1] = v.y;
-      dd[2 * j] = w.x;
-      dd[2 * j + 1] = w.y;
-    }
+    if (i + 1 < n_iter) next_stat = stat_load(i + 1);
+    // Columns are queries q0 + 8 j + col + e: lse * log2(e) at st[8 j + col + e], D 64 further.
+    const float* st = stats_smem + (i % 2) * 128;
     // Warpgroup 1 issues its S and dP products after warpgroup 0's, so that
     // the first one's softmax overlaps the second one's products.
     if (wg == 1) s_dp_turn_wait();
@@ -268,10 +277,11 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
                       (a.window_left < 0 || wg_key_lo >= q0 + kBwdBlockM - 1 + offset - a.window_left) &&
                       (a.window_right < 0 || wg_key_hi <= q0 + offset + a.window_right);
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
+    for (int j = 0; j < 8; ++j) {
+      const float2 l = *reinterpret_cast<const float2*>(st + 8 * j + col);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        float x = exp2f(fmaf(s_acc[4 * j + e], a.scale_log2, -lse2[2 * j + (e % 2)]));
+        float x = exp2f(fmaf(s_acc[4 * j + e], a.scale_log2, -(e % 2 ? l.y : l.x)));
         if (!full) {
           const int key = key0 + 8 * (e / 2), q = q0 + 8 * j + col + (e % 2);
           const bool visible = key < a.seqlen_k &&
@@ -281,18 +291,22 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         }
         s_acc[4 * j + e] = x;
       }
+    }
     wgmma_wait<0>();
     pin(dp_acc);
 #pragma unroll
     for (int i2 = 0; i2 < 16; ++i2) {
       const int j = i2 / 2;  // pairs (4j, 4j+1) are row key0, (4j+2, 4j+3) row key0 + 8
       const int e = (i2 % 2) * 2;
+      const float2 dd = *reinterpret_cast<const float2*>(st + 64 + 8 * j + col);
       p[i2] = pack<kBf16>(s_acc[4 * j + e], s_acc[4 * j + e + 1]);
-      ds[i2] = pack<kBf16>(s_acc[4 * j + e] * (dp_acc[4 * j + e] - dd[2 * j]),
-                           s_acc[4 * j + e + 1] * (dp_acc[4 * j + e + 1] - dd[2 * j + 1]));
+      ds[i2] = pack<kBf16>(s_acc[4 * j + e] * (dp_acc[4 * j + e] - dd.x),
+                           s_acc[4 * j + e + 1] * (dp_acc[4 * j + e + 1] - dd.y));
     }
 
     // dV += P^T dO and dK += dS^T Q; dO and Q as MN-major B operands.
+    const uint64_t d_do = desc(do_tile, kBwdBlockM * kBoxRowBytes, 1024);
+    const uint64_t d_q = desc(q_tile, kBwdBlockM * kBoxRowBytes, 1024);
     pin(dv);
     pin(dk);
     pin(p);
@@ -300,14 +314,12 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBwdBlockM / 16; ++kk)
-      mma_rs<typename Gmma<kBf16, D, kK, kMN>::RS>(
-          &p[4 * kk], desc(do_tile + kk * 16 * kBoxRowBytes, kBwdBlockM * kBoxRowBytes, 1024), dv,
-          std::make_index_sequence<kAcc>{});
+      mma_rs<typename Gmma<kBf16, D, kK, kMN>::RS>(&p[4 * kk], desc_add(d_do, kk * 16 * kBoxRowBytes), dv,
+                                                   std::make_index_sequence<kAcc>{});
 #pragma unroll
     for (int kk = 0; kk < kBwdBlockM / 16; ++kk)
-      mma_rs<typename Gmma<kBf16, D, kK, kMN>::RS>(
-          &ds[4 * kk], desc(q_tile + kk * 16 * kBoxRowBytes, kBwdBlockM * kBoxRowBytes, 1024), dk,
-          std::make_index_sequence<kAcc>{});
+      mma_rs<typename Gmma<kBf16, D, kK, kMN>::RS>(&ds[4 * kk], desc_add(d_q, kk * 16 * kBoxRowBytes), dk,
+                                                   std::make_index_sequence<kAcc>{});
     wgmma_commit();
 
     // dS^T into shared memory: key rows of 64 queries (128 bytes), swizzled
@@ -329,15 +341,15 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
 
     // dQ[:, 64 wg .. 64 wg + 63] = dS K over all 128 keys; dS (queries
     // contiguous) and K (head dim contiguous) are both MN-major.
+    const uint64_t d_ds = desc(ds_tile, kBwdBlockN * kBoxRowBytes, 1024);
+    const uint64_t d_k = desc(sK + wg * kBwdBlockN * kBoxRowBytes, kBwdBlockN * kBoxRowBytes, 1024);
     pin(dq_acc);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBwdBlockN / 16; ++kk)
-      mma_ss<typename Gmma<kBf16, 64, kMN, kMN>::SS>(
-          desc(ds_tile + kk * 16 * kBoxRowBytes, kBwdBlockN * kBoxRowBytes, 1024),
-          desc(sK + wg * kBwdBlockN * kBoxRowBytes + kk * 16 * kBoxRowBytes, kBwdBlockN * kBoxRowBytes,
-               1024),
-          dq_acc, kk > 0, std::make_index_sequence<32>{});
+      mma_ss<typename Gmma<kBf16, 64, kMN, kMN>::SS>(desc_add(d_ds, kk * 16 * kBoxRowBytes),
+                                                     desc_add(d_k, kk * 16 * kBoxRowBytes), dq_acc, kk > 0,
+                                                     std::make_index_sequence<32>{});
     wgmma_commit();
 
     wgmma_wait<0>();

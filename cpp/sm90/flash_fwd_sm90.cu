@@ -88,7 +88,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // consumers' S products are done, a block earlier than its V.
   uint64_t* k_empty = bars + 2 + 2 * kStages;
   uint64_t* v_empty = bars + 2 + 3 * kStages;
-  const int warpgroup = threadIdx.x / 128;
+  const int warpgroup = warpgroup_index();
 
   // The CTA walks tiles blockIdx.x, + gridDim.x, ... (one tile each unless
   // the launch made the grid persistent). Tile t is query block
@@ -179,30 +179,28 @@ __global__ void __launch_bounds__(kThreads, 1)
   const unsigned char* q_tile = sQ + wg * 64 * kBoxRowBytes;
 
   auto issue_s = [&](int stage) {
-    const unsigned char* k_tile = sK + stage * L::kKVBytes;
+    const uint64_t da = desc(q_tile, 16, 1024), db = desc(sK + stage * L::kKVBytes, 16, 1024);
     pin(s_acc);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const int box = kk / 4, within = (kk % 4) * 32;
-      const uint64_t da = desc(q_tile + box * kBlockM * kBoxRowBytes + within, 16, 1024);
-      const uint64_t db = desc(k_tile + box * kBlockN * kBoxRowBytes + within, 16, 1024);
-      mma_ss<typename Gmma<kBf16, kBlockN, kK, kK>::SS>(da, db, s_acc, kk > 0,
-                                               std::make_index_sequence<kSAcc>{});
+      mma_ss<typename Gmma<kBf16, kBlockN, kK, kK>::SS>(desc_add(da, box * kBlockM * kBoxRowBytes + within),
+                                                        desc_add(db, box * kBlockN * kBoxRowBytes + within),
+                                                        s_acc, kk > 0, std::make_index_sequence<kSAcc>{});
     }
     wgmma_commit();
   };
 
   auto issue_pv = [&](int stage) {
-    const unsigned char* v_tile = sV + stage * L::kKVBytes;
+    const uint64_t db = desc(sV + stage * L::kKVBytes, kBlockN * kBoxRowBytes, 1024);
     pin(o);
     pin(p);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      const uint64_t db = desc(v_tile + kk * 16 * kBoxRowBytes, kBlockN * kBoxRowBytes, 1024);
-      mma_rs<typename Gmma<kBf16, D, kK, kMN>::RS>(&p[4 * kk], db, o, std::make_index_sequence<kOAcc>{});
-    }
+    for (int kk = 0; kk < kBlockN / 16; ++kk)
+      mma_rs<typename Gmma<kBf16, D, kK, kMN>::RS>(&p[4 * kk], desc_add(db, kk * 16 * kBoxRowBytes), o,
+                                                   std::make_index_sequence<kOAcc>{});
     wgmma_commit();
   };
 

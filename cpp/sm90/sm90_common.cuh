@@ -120,6 +120,21 @@ __device__ __forceinline__ uint64_t desc(const void* p, uint32_t lead, uint32_t 
          static_cast<uint64_t>((stride >> 4) & 0x3FFF) << 32 | uint64_t{1} << 62;
 }
 
+// The descriptor of a tile `bytes` further on in shared memory. Building each
+// wgmma's descriptor from a pointer costs a dozen instructions and a
+// register-to-uniform move before every wgmma, which for the 64-wide products
+// of the backward took longer than the tensor cores took to run them; from a
+// base descriptor it is one add. (The address field cannot overflow: shared
+// memory addresses stay below 2^18 bytes.)
+__device__ __forceinline__ uint64_t desc_add(uint64_t d, uint32_t bytes) { return d + (bytes >> 4); }
+
+// threadIdx.x / 128, broadcast from lane 0 so that the compiler knows it is
+// the same across the warp: addresses derived from it (and the descriptors
+// built from those) can then live in uniform registers, which wgmma reads.
+__device__ __forceinline__ int warpgroup_index() {
+  return __shfl_sync(0xffffffff, static_cast<int>(threadIdx.x / 128), 0);
+}
+
 // ---------------------------------------------------------------------------
 // wgmma operations by element type, N and the operands' major modes (a row
 // of CuTe's SM90 op table). RS (A from registers) exists only for K-major A.
