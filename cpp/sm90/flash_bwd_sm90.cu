@@ -228,8 +228,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   // block i + 1's lse (t < 64) or D (t >= 64) of row t % 64 from L2 when block
   // i starts and stores it during block i's dQ flush, between the
   // warpgroup's own barriers. Held in registers instead (16 lse and 16 D per
-  // thread) they cost 9% at 16k; handed over by the producer, racecheck could
-  // not follow the handoff (docs/hopper-notes.md, b5-b7).
+  // thread) they cost 2-4%; handed over by the producer, racecheck could not
+  // follow the handoff (docs/hopper-notes.md, b5-b8).
   float* stats_smem = reinterpret_cast<float*>(smem + L::kStats) + wg * 256;
   auto stat_load = [&](int i) {
     return __ldg(a.row_stats + (wg_thread < 64 ? 0 : a.stats_stride) + (bh * m_blocks + m_lo + i) * kBwdBlockM +
