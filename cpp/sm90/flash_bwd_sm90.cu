@@ -197,13 +197,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     const uint64_t da = desc(rows, 16, 1024), db = desc(tile, 16, 1024);
     pin(acc);
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const int box = kk / 4, within = (kk % 4) * 32;
-      mma_ss<typename Gmma<kBf16, 64, kK, kK>::SS>(desc_add(da, box * kBwdBlockN * kBoxRowBytes + within),
-                                                   desc_add(db, box * kBwdBlockM * kBoxRowBytes + within),
-                                                   acc, kk > 0, std::make_index_sequence<32>{});
-    }
+    mma_ss_k_major<typename Gmma<kBf16, 64, kK, kK>::SS, D / 16>(da, kBwdBlockN * kBoxRowBytes, db,
+                                                                kBwdBlockM * kBoxRowBytes, acc);
     wgmma_commit();
   };
 
@@ -312,14 +307,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     pin(p);
     pin(ds);
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kBwdBlockM / 16; ++kk)
-      mma_rs<typename Gmma<kBf16, D, kK, kMN>::RS>(&p[4 * kk], desc_add(d_do, kk * 16 * kBoxRowBytes), dv,
-                                                   std::make_index_sequence<kAcc>{});
-#pragma unroll
-    for (int kk = 0; kk < kBwdBlockM / 16; ++kk)
-      mma_rs<typename Gmma<kBf16, D, kK, kMN>::RS>(&ds[4 * kk], desc_add(d_q, kk * 16 * kBoxRowBytes), dk,
-                                                   std::make_index_sequence<kAcc>{});
+    mma_rs_mn_major<typename Gmma<kBf16, D, kK, kMN>::RS, kBwdBlockM / 16>(p, d_do, dv);
+    mma_rs_mn_major<typename Gmma<kBf16, D, kK, kMN>::RS, kBwdBlockM / 16>(ds, d_q, dk);
     wgmma_commit();
 
     // dS^T into shared memory: key rows of 64 queries (128 bytes), swizzled

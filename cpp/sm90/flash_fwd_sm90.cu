@@ -182,13 +182,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     const uint64_t da = desc(q_tile, 16, 1024), db = desc(sK + stage * L::kKVBytes, 16, 1024);
     pin(s_acc);
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const int box = kk / 4, within = (kk % 4) * 32;
-      mma_ss<typename Gmma<kBf16, kBlockN, kK, kK>::SS>(desc_add(da, box * kBlockM * kBoxRowBytes + within),
-                                                        desc_add(db, box * kBlockN * kBoxRowBytes + within),
-                                                        s_acc, kk > 0, std::make_index_sequence<kSAcc>{});
-    }
+    mma_ss_k_major<typename Gmma<kBf16, kBlockN, kK, kK>::SS, D / 16>(da, kBlockM * kBoxRowBytes, db,
+                                                                     kBlockN * kBoxRowBytes, s_acc);
     wgmma_commit();
   };
 
@@ -197,10 +192,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     pin(o);
     pin(p);
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk)
-      mma_rs<typename Gmma<kBf16, D, kK, kMN>::RS>(&p[4 * kk], desc_add(db, kk * 16 * kBoxRowBytes), o,
-                                                   std::make_index_sequence<kOAcc>{});
+    mma_rs_mn_major<typename Gmma<kBf16, D, kK, kMN>::RS, kBlockN / 16>(p, db, o);
     wgmma_commit();
   };
 

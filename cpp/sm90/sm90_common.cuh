@@ -173,6 +173,30 @@ __device__ __forceinline__ void mma_rs(const uint32_t* a, uint64_t b, float* d,
   Op::fma(a[0], a[1], a[2], a[3], b, d[I]..., gmma::ScaleOut::One);
 }
 
+// acc = A B^T over kSteps steps of 16 along K, both operands K-major tiles
+// stored as 64-column boxes: step kk lies in box kk / 4, 32 bytes per step
+// within it, and the boxes are a_box_bytes / b_box_bytes apart.
+template <class Op, int kSteps, int N>
+__device__ __forceinline__ void mma_ss_k_major(uint64_t a, int a_box_bytes, uint64_t b, int b_box_bytes,
+                                               float (&acc)[N]) {
+#pragma unroll
+  for (int kk = 0; kk < kSteps; ++kk) {
+    const int box = kk / 4, within = (kk % 4) * 32;
+    mma_ss<Op>(desc_add(a, box * a_box_bytes + within), desc_add(b, box * b_box_bytes + within), acc, kk > 0,
+               std::make_index_sequence<N>{});
+  }
+}
+
+// acc += A B over kSteps steps of 16 along K: A from registers (4 per step,
+// in the accumulator layout of a previous product), B an MN-major tile whose
+// steps are 16 rows of 128 bytes apart.
+template <class Op, int kSteps, int N>
+__device__ __forceinline__ void mma_rs_mn_major(const uint32_t* a, uint64_t b, float (&acc)[N]) {
+#pragma unroll
+  for (int kk = 0; kk < kSteps; ++kk)
+    mma_rs<Op>(&a[4 * kk], desc_add(b, kk * 16 * kBoxRowBytes), acc, std::make_index_sequence<N>{});
+}
+
 template <bool kBf16>
 __device__ __forceinline__ uint32_t pack(float x, float y) {
   if constexpr (kBf16) {
