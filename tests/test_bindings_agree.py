@@ -37,7 +37,9 @@ def test_same_surface(both):
     for shape in [(1, 1, 4096, 16, 128, 0, 132), (7, 3, 1000, 2, 72, 0, 148), (2, 1, 512, 8, 256, 9, 132)]:
         assert tuple(cpp.kvcache_splits(*shape)) == tuple(rust.kvcache_splits(*shape))
     for bad in [lambda e: e.has_kernel("float32", 128), lambda e: e.has_kvcache_kernel("int8", 64),
-                lambda e: e.kvcache_splits(1, 1, 64, 1, 64, -1, 132), lambda e: e.kvcache_splits(1, 1, 64, 1, 64, 0, 0)]:
+                lambda e: e.kvcache_splits(1, 1, 64, 1, 64, -1, 132), lambda e: e.kvcache_splits(1, 1, 64, 1, 64, 0, 0),
+                lambda e: e.has_sm90_kernel("float32", 128),
+                lambda e: e.uses_sm90("int8", 1, 128, 128, 1, 1, 128, 9, 0)]:
         messages = []
         for ext in (cpp, rust):
             with pytest.raises(ValueError) as info:
