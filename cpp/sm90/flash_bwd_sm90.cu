@@ -4,7 +4,8 @@
 // rows each) that can see them, accumulating dK and dV in registers and
 // adding its share of dQ into a float32 buffer. Three warpgroups:
 //   producer  (warps 0-3): one thread loads K and V once, then Q and dO
-//             blocks into a ring of stages (TMA, mbarriers).
+//             blocks into a ring of stages (TMA, mbarriers); warp 1 adds
+//             the consumers' staged dQ tiles to the buffer (bulk reduce-add).
 //   consumers (warps 4-11): two warpgroups, each owning 64 of the keys. Per
 //             query block, with wgmma:
 //               S^T = K Q^T and dP^T = V dO^T         (both from shared memory)
@@ -14,8 +15,9 @@
 //             Working with transposes keeps P^T and dS^T in the accumulator
 //             layout that wgmma's register operand takes. The two consumers
 //             exchange dS^T through shared memory, so each computes dQ for
-//             half of the head dim over all 128 keys, and add it to the
-//             float32 buffer with atomics.
+//             half of the head dim over all 128 keys, and stage it in
+//             shared memory for the producer's dQ warp. dK's product is
+//             issued after dQ's, so that it runs while dQ is staged.
 // Small kernels around it compute D = rowsum(dO * O) and convert dQ.
 
 #include "flash_sm90.h"
@@ -64,6 +66,11 @@ struct BwdSmem {
   static constexpr int kBytes = kBars + 8 * (1 + 3 * kStages) + 1024;  // + alignment slack
 };
 
+// Where query block m's dQ half `half` starts in BwdArgs::dq_accum.
+__device__ __forceinline__ int64_t dq_tile_offset(int64_t bh, int m_blocks, int m, int half) {
+  return ((bh * m_blocks + m) * 2 + half) * (kBwdBlockM * 64);
+}
+
 __device__ __forceinline__ void dS_ready() {
   asm volatile("bar.sync 3, 256;" ::: "memory");
 }
@@ -77,6 +84,23 @@ __device__ __forceinline__ void s_dp_turn_pass() {
 
 __device__ __forceinline__ void wg_sync(int wg) {
   asm volatile("bar.sync %0, 128;" ::"r"(4 + wg) : "memory");
+}
+
+// A consumer's dQ stage is handed to the producer's dQ warp and back through
+// named barriers of 160 threads (the warpgroup and that warp): "full" 7 + wg,
+// "empty" 9 + wg.
+constexpr int kDqHandoffThreads = 128 + 32;
+__device__ __forceinline__ void dq_stage_wait_empty(int wg) {
+  asm volatile("bar.sync %0, %1;" ::"r"(9 + wg), "n"(kDqHandoffThreads) : "memory");
+}
+__device__ __forceinline__ void dq_stage_mark_full(int wg) {
+  asm volatile("bar.arrive %0, %1;" ::"r"(7 + wg), "n"(kDqHandoffThreads) : "memory");
+}
+__device__ __forceinline__ void dq_stage_wait_full(int wg) {
+  asm volatile("bar.sync %0, %1;" ::"r"(7 + wg), "n"(kDqHandoffThreads) : "memory");
+}
+__device__ __forceinline__ void dq_stage_mark_empty(int wg) {
+  asm volatile("bar.arrive %0, %1;" ::"r"(9 + wg), "n"(kDqHandoffThreads) : "memory");
 }
 
 // dst[0 .. bytes) += src[0 .. bytes) as float32, asynchronously.
@@ -168,6 +192,22 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           tma_load(sdO + s * L::kQBytes + c * kBwdBlockM * kBoxRowBytes, &do_map, &do_full[s],
                    c * kBoxCols, head, q0, batch);
       }
+    } else if (threadIdx.x / 32 == 1 && n_iter > 0) {
+      // The dQ warp adds each consumer's staged dQ tile to dq_accum, so that
+      // the consumers never wait for the reduce-add to read their stage.
+      for (int wg = 0; wg < 2; ++wg) dq_stage_mark_empty(wg);
+      for (int i = 0; i < n_iter; ++i)
+        for (int wg = 0; wg < 2; ++wg) {
+          dq_stage_wait_full(wg);
+          if (threadIdx.x == 32) {
+            bulk_reduce_add(a.dq_accum + dq_tile_offset(bh, m_blocks, m_lo + i, wg),
+                            reinterpret_cast<const float*>(sdQ + wg * kDqStageBytes), kDqStageBytes);
+            bulk_wait_read();
+          }
+          __syncwarp();
+          if (i + 1 < n_iter) dq_stage_mark_empty(wg);
+        }
+      if (threadIdx.x == 32) bulk_wait();
     }
     return;
   }
@@ -221,8 +261,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   // Each consumer keeps its own copy of the row statistics of query blocks i
   // (being read) and i + 1 (being written) in shared memory: thread t loads
   // block i + 1's lse (t < 64) or D (t >= 64) of row t % 64 from L2 when block
-  // i starts and stores it during block i's dQ flush, between the
-  // warpgroup's own barriers. Held in registers instead (16 lse and 16 D per
+  // i starts and stores it after block i's dS exchange (all reads of block
+  // i - 1 are behind it) and before the dQ stage barrier (all reads of block
+  // i + 1 are after it). Held in registers instead (16 lse and 16 D per
   // thread) they cost 2-4%; handed over by the producer, racecheck could not
   // follow the handoff (docs/hopper-notes.md, b5-b8).
   float* stats_smem = reinterpret_cast<float*>(smem + L::kStats) + wg * 256;
@@ -231,20 +272,14 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
                  wg_thread % 64);
   };
   float next_stat = 0.f;
-  auto flush_dq = [&](int i) {
-    if (wg_thread == 0) bulk_wait_read();  // the previous flush has read the stage
-    wg_sync(wg);
+  auto stage_dq = [&]() {
+    dq_stage_wait_empty(wg);
 #pragma unroll
     for (int v4 = 0; v4 < 8; ++v4)
       reinterpret_cast<float4*>(dq_stage)[v4 * 128 + wg_thread] =
           make_float4(dq_acc[4 * v4], dq_acc[4 * v4 + 1], dq_acc[4 * v4 + 2], dq_acc[4 * v4 + 3]);
-    stats_smem[((i + 1) % 2) * 128 + wg_thread] = next_stat;
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-    wg_sync(wg);
-    if (wg_thread == 0) {
-      const int64_t tile = ((bh * m_blocks + m_lo + i) * 2 + wg) * (kBwdBlockM * 64);
-      bulk_reduce_add(a.dq_accum + tile, dq_stage, kDqStageBytes);
-    }
+    dq_stage_mark_full(wg);
   };
 
   if (n_iter > 0) {
@@ -299,16 +334,15 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
                            s_acc[4 * j + e + 1] * (dp_acc[4 * j + e + 1] - dd.y));
     }
 
-    // dV += P^T dO and dK += dS^T Q; dO and Q as MN-major B operands.
+    // dV += P^T dO now; dK += dS^T Q after dQ, so that it runs while dQ is
+    // staged. dO and Q are MN-major B operands.
     const uint64_t d_do = desc(do_tile, kBwdBlockM * kBoxRowBytes, 1024);
     const uint64_t d_q = desc(q_tile, kBwdBlockM * kBoxRowBytes, 1024);
+    using RsMma = typename Gmma<kBf16, D, kK, kMN>::RS;
     pin(dv);
-    pin(dk);
     pin(p);
-    pin(ds);
     wgmma_fence();
-    mma_rs_mn_major<typename Gmma<kBf16, D, kK, kMN>::RS, kBwdBlockM / 16>(p, d_do, dv);
-    mma_rs_mn_major<typename Gmma<kBf16, D, kK, kMN>::RS, kBwdBlockM / 16>(ds, d_q, dk);
+    mma_rs_mn_major<RsMma, kBwdBlockM / 16>(p, d_do, dv);
     wgmma_commit();
 
     // dS^T into shared memory: key rows of 64 queries (128 bytes), swizzled
@@ -327,12 +361,15 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       }
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     dS_ready();
+    stats_smem[((i + 1) % 2) * 128 + wg_thread] = next_stat;
 
     // dQ[:, 64 wg .. 64 wg + 63] = dS K over all 128 keys; dS (queries
     // contiguous) and K (head dim contiguous) are both MN-major.
     const uint64_t d_ds = desc(ds_tile, kBwdBlockN * kBoxRowBytes, 1024);
     const uint64_t d_k = desc(sK + wg * kBwdBlockN * kBoxRowBytes, kBwdBlockN * kBoxRowBytes, 1024);
     pin(dq_acc);
+    pin(dk);
+    pin(ds);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBwdBlockN / 16; ++kk)
@@ -340,17 +377,18 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
                                                      desc_add(d_k, kk * 16 * kBoxRowBytes), dq_acc, kk > 0,
                                                      std::make_index_sequence<32>{});
     wgmma_commit();
-
-    wgmma_wait<0>();
+    mma_rs_mn_major<RsMma, kBwdBlockM / 16>(ds, d_q, dk);
+    wgmma_commit();
+    wgmma_wait<1>();
     pin(dv);
-    pin(dk);
     pin(p);
-    pin(ds);
     pin(dq_acc);
+    stage_dq();
+    wgmma_wait<0>();
+    pin(dk);
+    pin(ds);
     if (lane == 0) mbar_arrive(&q_empty[s]);
-    flush_dq(i);
   }
-  if (wg_thread == 0) bulk_wait();
 
   // dK (scaled) and dV for this head's keys, [batch, seqlen_k, heads, D].
 #pragma unroll
@@ -417,7 +455,7 @@ __global__ void dq_convert_kernel(const float* acc, void* dq, int64_t n, int hea
   // element 4 (cc / 8) + 2 ((r % 16) / 8) + cc % 2, at float 4 (128 (element / 4) + thread) + element % 4.
   const int thread = 32 * (r / 16) + 4 * (r % 8) + (cc % 8) / 2;
   const int element = 4 * (cc / 8) + 2 * ((r % 16) / 8) + cc % 2;
-  const float* src = acc + (((b * heads + h) * m_blocks + i / kBwdBlockM) * 2 + half) * (kBwdBlockM * 64) +
+  const float* src = acc + dq_tile_offset(b * heads + h, m_blocks, i / kBwdBlockM, half) +
                      4 * (128 * (element / 4) + thread) + element % 4;
   reinterpret_cast<uint32_t*>(dq)[idx / 2] = pack<kBf16>(src[0] * scale, src[1] * scale);
 }
