@@ -1,8 +1,9 @@
 // Hopper-native attention backward (sm_90a), our own kernel.
 //
-// One CTA owns 128 keys of one (batch, head) and walks the query blocks (64
-// rows each) that can see them, accumulating dK and dV in registers and
-// adding its share of dQ into a float32 buffer. Three warpgroups:
+// One CTA owns 128 keys of one (batch, head) and walks the query blocks (BM
+// rows each: 80 without a mask, 64 with one) that can see them, accumulating
+// dK and dV in registers and adding its share of dQ into a float32 buffer.
+// Three warpgroups:
 //   producer  (warps 0-3): one thread loads K and V once, then Q and dO
 //             blocks into a ring of stages (TMA, mbarriers); warp 1 adds
 //             the consumers' staged dQ tiles to the buffer (bulk reduce-add).
@@ -11,13 +12,14 @@
 //               S^T = K Q^T and dP^T = V dO^T         (both from shared memory)
 //               P^T = exp(scale S^T - lse), dS^T = P^T (dP^T - D)  (registers)
 //               dV += P^T dO, dK += dS^T Q             (P^T, dS^T from registers)
-//               dQ += dS K                             (dS^T through shared memory)
+//               dQ^T = K^T dS^T                        (dS^T through shared memory)
 //             Working with transposes keeps P^T and dS^T in the accumulator
-//             layout that wgmma's register operand takes. The two consumers
-//             exchange dS^T through shared memory, so each computes dQ for
-//             half of the head dim over all 128 keys, and stage it in
-//             shared memory for the producer's dQ warp. dK's product is
-//             issued after dQ's, so that it runs while dQ is staged.
+//             layout that wgmma's register operand takes, and lets BM be 80
+//             (wgmma's M is 64). The two consumers exchange dS^T through
+//             shared memory, so each computes dQ^T for half of the head dim
+//             over all 128 keys, and stages it in shared memory for the
+//             producer's dQ warp. dK's product is issued after dQ^T's, so
+//             that it runs while dQ^T is staged.
 // Small kernels around it compute D = rowsum(dO * O) and convert dQ.
 
 #include "flash_sm90.h"
@@ -30,48 +32,56 @@
 namespace jfa_sm90 {
 namespace {
 
-constexpr int kBwdBlockM = 64;   // query rows per step
 constexpr int kBwdBlockN = 128;  // keys per CTA
 constexpr int kBwdThreads = 384;
-constexpr int kDqStageBytes = kBwdBlockM * 64 * 4;  // a warpgroup's float32 dQ tile
+// Query rows per step: 80 for calls without a mask, 64 for masked ones, whose
+// diagonal blocks would waste more of an 80-row step (docs/hopper-notes.md, b10).
+constexpr int kBwdBlockMFull = 80;
+constexpr int kBwdBlockMMasked = 64;
+constexpr int kDsAtomBytes = kBwdBlockN * 32;  // dS^T: 128 key rows of 16 queries
 
 struct BwdArgs {
-  // Per (batch, head), m_blocks * 64 rows each: lse * log2(e) (+inf past
+  // Per (batch, head), stats_rows rows each: lse * log2(e) (+inf past
   // seqlen_q, so that P = 0 there), then D = rowsum(dO * O) (0 past seqlen_q).
   const float* row_stats;
-  float* dq_accum;  // dQ in 64-row blocks, see dq_convert_kernel
+  float* dq_accum;  // dQ^T in query blocks, see dq_convert_kernel
   void* dk;
   void* dv;
   int64_t stats_stride;  // floats from the lse block to the D block
+  int stats_rows;
   int seqlen_q, seqlen_k, heads, group;
   float scale, scale_log2;
   int window_left, window_right;
 };
 
-template <int D, int kStages>
+template <int D, int kStages, int BM>
 struct BwdSmem {
   static constexpr int kKVBytes = kBwdBlockN * D * 2;
-  static constexpr int kQBytes = kBwdBlockM * D * 2;
-  static constexpr int kDsBytes = kBwdBlockN * kBwdBlockM * 2;
+  static constexpr int kQBytes = BM * D * 2;
+  static constexpr int kDsBytes = kBwdBlockN * BM * 2;
+  static constexpr int kDqStageBytes = BM * 64 * 4;  // a warpgroup's float32 dQ^T tile
   static constexpr int kK = 0;
   static constexpr int kV = kK + kKVBytes;
   static constexpr int kQ = kV + kKVBytes;
   static constexpr int kDO = kQ + kStages * kQBytes;
   static constexpr int kDs = kDO + kStages * kQBytes;
   static constexpr int kDq = kDs + 2 * kDsBytes;
-  // Per consumer, two buffers of a query block's statistics (64 lse, 64 D).
+  // Three buffers of a query block's statistics (BM lse, BM D).
   static constexpr int kStats = kDq + 2 * kDqStageBytes;
-  static constexpr int kBars = kStats + 2 * 2 * 128 * 4;
+  static constexpr int kBars = kStats + 3 * 2 * BM * 4;
   // kv_full, then q_full, do_full, q_empty per stage.
   static constexpr int kBytes = kBars + 8 * (1 + 3 * kStages) + 1024;  // + alignment slack
+  static_assert(kBytes <= 227 * 1024, "shared memory");
 };
 
-// Where query block m's dQ half `half` starts in BwdArgs::dq_accum.
+// Where query block m's dQ^T half `half` starts in BwdArgs::dq_accum.
+template <int BM>
 __device__ __forceinline__ int64_t dq_tile_offset(int64_t bh, int m_blocks, int m, int half) {
-  return ((bh * m_blocks + m) * 2 + half) * (kBwdBlockM * 64);
+  return ((bh * m_blocks + m) * 2 + half) * (BM * 64);
 }
 
-__device__ __forceinline__ void dS_ready() {
+// Both consumers (256 threads).
+__device__ __forceinline__ void consumers_sync() {
   asm volatile("bar.sync 3, 256;" ::: "memory");
 }
 
@@ -80,10 +90,6 @@ __device__ __forceinline__ void s_dp_turn_wait() {
 }
 __device__ __forceinline__ void s_dp_turn_pass() {
   asm volatile("bar.arrive 6, 256;" ::: "memory");
-}
-
-__device__ __forceinline__ void wg_sync(int wg) {
-  asm volatile("bar.sync %0, 128;" ::"r"(4 + wg) : "memory");
 }
 
 // A consumer's dQ stage is handed to the producer's dQ warp and back through
@@ -118,14 +124,15 @@ __device__ __forceinline__ void bulk_wait() {
   asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
 }
 
-template <bool kBf16, int D, int kStages>
+template <bool kBf16, int D, int kStages, int BM>
 __global__ void __launch_bounds__(kBwdThreads, 1)
     flash_bwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
                const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap do_map,
                const BwdArgs a) {
-  using L = BwdSmem<D, kStages>;
+  using L = BwdSmem<D, kStages, BM>;
   constexpr int kBoxes = D / kBoxCols;
-  constexpr int kAcc = D / 2;  // dK, dV floats per thread (m64 x D)
+  constexpr int kAcc = D / 2;     // dK, dV floats per thread (m64 x D)
+  constexpr int kRowAcc = BM / 2;  // S^T, dP^T, dQ^T floats per thread (m64 x BM)
 
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = reinterpret_cast<unsigned char*>(
@@ -136,6 +143,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   unsigned char* sdO = smem + L::kDO;
   unsigned char* sdS = smem + L::kDs;
   unsigned char* sdQ = smem + L::kDq;
+  float* stats_smem = reinterpret_cast<float*>(smem + L::kStats);
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBars);
   uint64_t* kv_full = bars;
   uint64_t* q_full = bars + 1;
@@ -165,9 +173,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   const int q_first = a.window_right < 0 ? 0 : max(0, n0 - offset - a.window_right);
   const int q_last =
       a.window_left < 0 ? a.seqlen_q - 1 : min(a.seqlen_q - 1, n_last - offset + a.window_left);
-  const int m_lo = q_first / kBwdBlockM;
-  const int m_blocks = (a.seqlen_q + kBwdBlockM - 1) / kBwdBlockM;
-  const int n_iter = q_last < q_first ? 0 : q_last / kBwdBlockM - m_lo + 1;
+  const int m_lo = q_first / BM;
+  const int m_blocks = (a.seqlen_q + BM - 1) / BM;
+  const int n_iter = q_last < q_first ? 0 : q_last / BM - m_lo + 1;
 
   if (warpgroup == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
@@ -181,27 +189,27 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       }
       for (int i = 0; i < n_iter; ++i) {
         const int s = i % kStages, use = i / kStages;
-        const int q0 = (m_lo + i) * kBwdBlockM;
+        const int q0 = (m_lo + i) * BM;
         if (use > 0) mbar_wait(&q_empty[s], (use - 1) & 1);
         mbar_expect_tx(&q_full[s], L::kQBytes);
         for (int c = 0; c < kBoxes; ++c)
-          tma_load(sQ + s * L::kQBytes + c * kBwdBlockM * kBoxRowBytes, &q_map, &q_full[s],
-                   c * kBoxCols, head, q0, batch);
+          tma_load(sQ + s * L::kQBytes + c * BM * kBoxRowBytes, &q_map, &q_full[s], c * kBoxCols, head, q0,
+                   batch);
         mbar_expect_tx(&do_full[s], L::kQBytes);
         for (int c = 0; c < kBoxes; ++c)
-          tma_load(sdO + s * L::kQBytes + c * kBwdBlockM * kBoxRowBytes, &do_map, &do_full[s],
-                   c * kBoxCols, head, q0, batch);
+          tma_load(sdO + s * L::kQBytes + c * BM * kBoxRowBytes, &do_map, &do_full[s], c * kBoxCols, head, q0,
+                   batch);
       }
     } else if (threadIdx.x / 32 == 1 && n_iter > 0) {
-      // The dQ warp adds each consumer's staged dQ tile to dq_accum, so that
-      // the consumers never wait for the reduce-add to read their stage.
+      // The dQ warp adds each consumer's staged dQ^T tile to dq_accum, so
+      // that the consumers never wait for the reduce-add to read their stage.
       for (int wg = 0; wg < 2; ++wg) dq_stage_mark_empty(wg);
       for (int i = 0; i < n_iter; ++i)
         for (int wg = 0; wg < 2; ++wg) {
           dq_stage_wait_full(wg);
           if (threadIdx.x == 32) {
-            bulk_reduce_add(a.dq_accum + dq_tile_offset(bh, m_blocks, m_lo + i, wg),
-                            reinterpret_cast<const float*>(sdQ + wg * kDqStageBytes), kDqStageBytes);
+            bulk_reduce_add(a.dq_accum + dq_tile_offset<BM>(bh, m_blocks, m_lo + i, wg),
+                            reinterpret_cast<const float*>(sdQ + wg * L::kDqStageBytes), L::kDqStageBytes);
             bulk_wait_read();
           }
           __syncwarp();
@@ -220,25 +228,26 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   const int key0 = n0 + key_local;
   const int col = 2 * (lane % 4);  // within each 8-column group, + {0, 1}
   const int wg_key_lo = n0 + wg * 64, wg_key_hi = wg_key_lo + 63;
+  const int wg_thread = threadIdx.x % 128;
 
   float dv[kAcc], dk[kAcc];
 #pragma unroll
   for (int i = 0; i < kAcc; ++i) dv[i] = dk[i] = 0.f;
-  float s_acc[32], dp_acc[32], dq_acc[32];
-  uint32_t p[16], ds[16];
+  float s_acc[kRowAcc], dp_acc[kRowAcc], dq_acc[kRowAcc];
+  uint32_t p[BM / 4], ds[BM / 4];
 
   const unsigned char* k_rows = sK + wg * 64 * kBoxRowBytes;
   const unsigned char* v_rows = sV + wg * 64 * kBoxRowBytes;
 
-  // acc = rows tile^T: this warpgroup's 64 keys of K (or V) against 64 rows
-  // of Q (or dO), both K-major over the head dim, as one commit group.
+  // acc = rows tile^T: this warpgroup's 64 keys of K (or V) against the BM
+  // rows of Q (or dO), both K-major over the head dim, as one commit group.
   auto transposed_product = [&](const unsigned char* rows, const unsigned char* tile,
-                                float(&acc)[32]) {
+                                float(&acc)[kRowAcc]) {
     const uint64_t da = desc(rows, 16, 1024), db = desc(tile, 16, 1024);
     pin(acc);
     wgmma_fence();
-    mma_ss_k_major<typename Gmma<kBf16, 64, kK, kK>::SS, D / 16>(da, kBwdBlockN * kBoxRowBytes, db,
-                                                                kBwdBlockM * kBoxRowBytes, acc);
+    mma_ss_k_major<typename Gmma<kBf16, BM, kK, kK>::SS, D / 16>(da, kBwdBlockN * kBoxRowBytes, db,
+                                                                BM * kBoxRowBytes, acc);
     wgmma_commit();
   };
 
@@ -252,62 +261,64 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     transposed_product(v_rows, do_tile, dp_acc);
   };
 
-  // This warpgroup's dQ tile goes to shared memory in accumulator order
+  // This warpgroup's dQ^T tile goes to shared memory in accumulator order
   // (float4 v of thread t at 128 v + t, so that a warp's stores are
   // contiguous and free of bank conflicts) and from there to dq_accum with
-  // one bulk reduce-add; dq_convert_kernel undoes the order.
-  float* dq_stage = reinterpret_cast<float*>(sdQ + wg * kDqStageBytes);
-  const int wg_thread = threadIdx.x % 128;
-  // Each consumer keeps its own copy of the row statistics of query blocks i
-  // (being read) and i + 1 (being written) in shared memory: thread t loads
-  // block i + 1's lse (t < 64) or D (t >= 64) of row t % 64 from L2 when block
-  // i starts and stores it after block i's dS exchange (all reads of block
-  // i - 1 are behind it) and before the dQ stage barrier (all reads of block
-  // i + 1 are after it). Held in registers instead (16 lse and 16 D per
-  // thread) they cost 2-4%; handed over by the producer, racecheck could not
-  // follow the handoff (docs/hopper-notes.md, b5-b8).
-  float* stats_smem = reinterpret_cast<float*>(smem + L::kStats) + wg * 256;
-  auto stat_load = [&](int i) {
-    return __ldg(a.row_stats + (wg_thread < 64 ? 0 : a.stats_stride) + (bh * m_blocks + m_lo + i) * kBwdBlockM +
-                 wg_thread % 64);
-  };
-  float next_stat = 0.f;
+  // one bulk reduce-add by the dQ warp; dq_convert_kernel undoes the order.
+  float* dq_stage = reinterpret_cast<float*>(sdQ + wg * L::kDqStageBytes);
   auto stage_dq = [&]() {
     dq_stage_wait_empty(wg);
 #pragma unroll
-    for (int v4 = 0; v4 < 8; ++v4)
+    for (int v4 = 0; v4 < kRowAcc / 4; ++v4)
       reinterpret_cast<float4*>(dq_stage)[v4 * 128 + wg_thread] =
           make_float4(dq_acc[4 * v4], dq_acc[4 * v4 + 1], dq_acc[4 * v4 + 2], dq_acc[4 * v4 + 3]);
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     dq_stage_mark_full(wg);
   };
 
+  // The row statistics of query blocks i, i + 1 (being read) and i + 2
+  // (being written) in shared memory: consumer thread t < 2 BM loads block
+  // i + 2's lse (t < BM) or D of row t % BM from L2 when block i starts and
+  // stores it after block i's dS exchange, which all reads of block i - 1 are
+  // before and all reads of block i + 2 after (the exchange of block i + 1).
+  // Held in registers instead they cost 2-4% (docs/hopper-notes.md, b5-b10).
+  const int stats_thread = threadIdx.x - 128;
+  auto stat_load = [&](int i) {
+    if (stats_thread >= 2 * BM || i >= n_iter) return 0.f;
+    return __ldg(a.row_stats + (stats_thread < BM ? 0 : a.stats_stride) + bh * a.stats_rows +
+                 (m_lo + i) * BM + stats_thread % BM);
+  };
+  auto stat_store = [&](int i, float x) {
+    if (stats_thread < 2 * BM) stats_smem[(i % 3) * 2 * BM + stats_thread] = x;
+  };
+
   if (n_iter > 0) {
+    stat_store(0, stat_load(0));
+    stat_store(1, stat_load(1));
     mbar_wait(kv_full, 0);
-    stats_smem[wg_thread] = stat_load(0);
-    wg_sync(wg);
+    consumers_sync();
   }
   for (int i = 0; i < n_iter; ++i) {
     const int s = i % kStages;
-    if (i + 1 < n_iter) next_stat = stat_load(i + 1);
-    // Columns are queries q0 + 8 j + col + e: lse * log2(e) at st[8 j + col + e], D 64 further.
-    const float* st = stats_smem + (i % 2) * 128;
+    const float next_stat = stat_load(i + 2);
+    // Columns are queries q0 + 8 j + col + e: lse * log2(e) at st[8 j + col + e], D BM further.
+    const float* st = stats_smem + (i % 3) * 2 * BM;
     // Warpgroup 1 issues its S and dP products after warpgroup 0's, so that
     // the first one's softmax overlaps the second one's products.
     if (wg == 1) s_dp_turn_wait();
     issue_s_dp(i);
     if (wg == 0) s_dp_turn_pass();
-    const int q0 = (m_lo + i) * kBwdBlockM;
+    const int q0 = (m_lo + i) * BM;
     const unsigned char* q_tile = sQ + s * L::kQBytes;
     const unsigned char* do_tile = sdO + s * L::kQBytes;
 
     wgmma_wait<1>();
     pin(s_acc);
-    const bool full = wg_key_hi < a.seqlen_k && q0 + kBwdBlockM <= a.seqlen_q &&
-                      (a.window_left < 0 || wg_key_lo >= q0 + kBwdBlockM - 1 + offset - a.window_left) &&
+    const bool full = wg_key_hi < a.seqlen_k && q0 + BM <= a.seqlen_q &&
+                      (a.window_left < 0 || wg_key_lo >= q0 + BM - 1 + offset - a.window_left) &&
                       (a.window_right < 0 || wg_key_hi <= q0 + offset + a.window_right);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
+    for (int j = 0; j < BM / 8; ++j) {
       const float2 l = *reinterpret_cast<const float2*>(st + 8 * j + col);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
@@ -325,10 +336,10 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     wgmma_wait<0>();
     pin(dp_acc);
 #pragma unroll
-    for (int i2 = 0; i2 < 16; ++i2) {
+    for (int i2 = 0; i2 < BM / 4; ++i2) {
       const int j = i2 / 2;  // pairs (4j, 4j+1) are row key0, (4j+2, 4j+3) row key0 + 8
       const int e = (i2 % 2) * 2;
-      const float2 dd = *reinterpret_cast<const float2*>(st + 64 + 8 * j + col);
+      const float2 dd = *reinterpret_cast<const float2*>(st + BM + 8 * j + col);
       p[i2] = pack<kBf16>(s_acc[4 * j + e], s_acc[4 * j + e + 1]);
       ds[i2] = pack<kBf16>(s_acc[4 * j + e] * (dp_acc[4 * j + e] - dd.x),
                            s_acc[4 * j + e + 1] * (dp_acc[4 * j + e + 1] - dd.y));
@@ -336,52 +347,57 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
 
     // dV += P^T dO now; dK += dS^T Q after dQ, so that it runs while dQ is
     // staged. dO and Q are MN-major B operands.
-    const uint64_t d_do = desc(do_tile, kBwdBlockM * kBoxRowBytes, 1024);
-    const uint64_t d_q = desc(q_tile, kBwdBlockM * kBoxRowBytes, 1024);
+    const uint64_t d_do = desc(do_tile, BM * kBoxRowBytes, 1024);
+    const uint64_t d_q = desc(q_tile, BM * kBoxRowBytes, 1024);
     using RsMma = typename Gmma<kBf16, D, kK, kMN>::RS;
     pin(dv);
     pin(p);
     wgmma_fence();
-    mma_rs_mn_major<RsMma, kBwdBlockM / 16>(p, d_do, dv);
+    mma_rs_mn_major<RsMma, BM / 16>(p, d_do, dv);
     wgmma_commit();
 
-    // dS^T into shared memory: key rows of 64 queries (128 bytes), swizzled
-    // as TMA would have, in one of two buffers (the other may still be read
-    // by the other consumer's dQ product of the previous step).
+    // dS^T into shared memory as the MN-major B operand of dQ^T's product:
+    // columns of 16 queries (32-byte rows of the 128 keys, 32-byte swizzle:
+    // the two 16-byte halves of a row swap when bit 2 of the row is set), in
+    // one of two buffers (the other may still be read by the other
+    // consumer's dQ^T product of the previous step).
     unsigned char* ds_tile = sdS + (i % 2) * L::kDsBytes;
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
+    for (int j = 0; j < BM / 8; ++j)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int row = key_local + 8 * r;
-        const int byte = (8 * j + col) * 2;
-        const int chunk = (byte / 16) ^ (row % 8);
-        *reinterpret_cast<uint32_t*>(ds_tile + row * kBoxRowBytes + chunk * 16 + byte % 16) =
+        const int half = (j % 2) ^ ((row / 4) % 2);
+        *reinterpret_cast<uint32_t*>(ds_tile + (j / 2) * kDsAtomBytes + row * 32 + half * 16 + col * 2) =
             ds[2 * j + r];
       }
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-    dS_ready();
-    stats_smem[((i + 1) % 2) * 128 + wg_thread] = next_stat;
+    consumers_sync();
+    stat_store(i + 2, next_stat);
 
-    // dQ[:, 64 wg .. 64 wg + 63] = dS K over all 128 keys; dS (queries
-    // contiguous) and K (head dim contiguous) are both MN-major.
-    const uint64_t d_ds = desc(ds_tile, kBwdBlockN * kBoxRowBytes, 1024);
-    const uint64_t d_k = desc(sK + wg * kBwdBlockN * kBoxRowBytes, kBwdBlockN * kBoxRowBytes, 1024);
+    // dQ^T[64 wg .. 64 wg + 63, :] = K^T dS^T over all 128 keys: K^T (head
+    // dim contiguous) and dS^T (queries contiguous) are both MN-major.
+    const uint64_t d_kt = desc(sK + wg * kBwdBlockN * kBoxRowBytes, kBwdBlockN * kBoxRowBytes, 1024);
+    const uint64_t d_ds = desc(ds_tile, kDsAtomBytes, 8 * 32, kSwizzle32B);
+    // dV first: that frees P^T's registers for dQ^T's accumulators (at 80
+    // rows, ptxas otherwise serialises every wgmma for want of registers).
+    wgmma_wait<0>();
+    pin(dv);
+    pin(p);
     pin(dq_acc);
     pin(dk);
     pin(ds);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBwdBlockN / 16; ++kk)
-      mma_ss<typename Gmma<kBf16, 64, kMN, kMN>::SS>(desc_add(d_ds, kk * 16 * kBoxRowBytes),
-                                                     desc_add(d_k, kk * 16 * kBoxRowBytes), dq_acc, kk > 0,
-                                                     std::make_index_sequence<32>{});
+      mma_ss<typename Gmma<kBf16, BM, kMN, kMN>::SS>(desc_add(d_kt, kk * 16 * kBoxRowBytes),
+                                                     desc_add(d_ds, kk * 16 * 32), dq_acc, kk > 0,
+                                                     std::make_index_sequence<kRowAcc>{});
     wgmma_commit();
-    mma_rs_mn_major<RsMma, kBwdBlockM / 16>(ds, d_q, dk);
+    mma_rs_mn_major<RsMma, BM / 16>(ds, d_q, dk);
     wgmma_commit();
+
     wgmma_wait<1>();
-    pin(dv);
-    pin(p);
     pin(dq_acc);
     stage_dq();
     wgmma_wait<0>();
@@ -414,7 +430,7 @@ __device__ __forceinline__ float load(const void* p, int64_t i) {
 }
 
 // BwdArgs::row_stats: lse * log2(e) and D = rowsum(dO * O) per query row,
-// padded to whole 64-row blocks; one warp per row.
+// padded to padded_q rows per (batch, head); one warp per row.
 template <bool kBf16>
 __global__ void row_stats_kernel(const void* out, const void* dout, const float* lse, float* stats,
                                  int64_t stats_stride, int64_t rows, int heads, int seqlen_q,
@@ -437,42 +453,52 @@ __global__ void row_stats_kernel(const void* out, const void* dout, const float*
   }
 }
 
-// dq[b, i, h, :] = scale * dq_accum, which holds, per (batch, head, 64-row
-// block, 64-column half), a warpgroup's dQ accumulators in thread order.
-template <bool kBf16>
-__global__ void dq_convert_kernel(const float* acc, void* dq, int64_t n, int heads, int seqlen_q,
-                                  float scale) {
-  constexpr int D = 128;
-  const int64_t idx = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * 2;  // over [batch, seq, heads, D]
-  if (idx >= n) return;
-  const int c = idx % D;
-  const int64_t row = idx / D;
-  const int h = row % heads, i = (row / heads) % seqlen_q;
-  const int64_t b = row / heads / seqlen_q;
-  const int m_blocks = (seqlen_q + kBwdBlockM - 1) / kBwdBlockM;
-  const int r = i % kBwdBlockM, half = c / 64, cc = c % 64;
-  // Accumulator order: thread 32 warp + 4 (r % 8) + (cc % 8) / 2 holds
-  // element 4 (cc / 8) + 2 ((r % 16) / 8) + cc % 2, at float 4 (128 (element / 4) + thread) + element % 4.
-  const int thread = 32 * (r / 16) + 4 * (r % 8) + (cc % 8) / 2;
-  const int element = 4 * (cc / 8) + 2 * ((r % 16) / 8) + cc % 2;
-  const float* src = acc + dq_tile_offset(b * heads + h, m_blocks, i / kBwdBlockM, half) +
-                     4 * (128 * (element / 4) + thread) + element % 4;
-  reinterpret_cast<uint32_t*>(dq)[idx / 2] = pack<kBf16>(src[0] * scale, src[1] * scale);
+// dq[b, q0 .. q0 + BM, h, 64 half ..] = scale * one warpgroup's dQ^T tile of
+// dq_accum, which holds its accumulators in thread order (float4 v of thread
+// t at 128 v + t). One CTA of 128 threads per tile: coalesced loads into
+// shared memory as [query][dim], then rows of 64 dims out.
+template <bool kBf16, int BM>
+__global__ void dq_convert_kernel(const float* acc, void* dq, int heads, int seqlen_q, float scale) {
+  constexpr int D = 128, kPitch = 65;
+  __shared__ float tile[BM * kPitch];
+  const int m = blockIdx.x / 2, half = blockIdx.x % 2, h = blockIdx.y, b = blockIdx.z;
+  const int m_blocks = (seqlen_q + BM - 1) / BM;
+  const float* src = acc + dq_tile_offset<BM>(int64_t(b) * heads + h, m_blocks, m, half);
+  const int t = threadIdx.x, w = t / 32, l = t % 32;
+#pragma unroll
+  for (int v = 0; v < BM / 8; ++v) {
+    const float4 x = reinterpret_cast<const float4*>(src)[128 * v + t];
+    const float e[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      // Accumulator element 4 v + k: dim 16 w + l / 4 (+ 8 for k >= 2), query 8 v + 2 (l % 4) + k % 2.
+      const int dim = 16 * w + l / 4 + 8 * (k / 2), query = 8 * v + 2 * (l % 4) + k % 2;
+      tile[query * kPitch + dim] = e[k];
+    }
+  }
+  __syncthreads();
+  for (int r = w; r < BM; r += 4) {
+    const int q = m * BM + r;
+    if (q >= seqlen_q) break;
+    uint32_t* row = reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(dq) +
+                                                ((int64_t(b) * seqlen_q + q) * heads + h) * D + half * 64);
+    row[l] = pack<kBf16>(tile[r * kPitch + 2 * l] * scale, tile[r * kPitch + 2 * l + 1] * scale);
+  }
 }
 
-template <bool kBf16, int D, int kStages>
+template <bool kBf16, int D, int kStages, int BM>
 cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
   CUtensorMap q_map, k_map, v_map, do_map;
   cudaError_t e;
-  if ((e = make_map(&q_map, p.q, kBf16, p.batch, p.seqlen_q, p.heads, D, kBwdBlockM)) != cudaSuccess ||
-      (e = make_map(&do_map, p.dout, kBf16, p.batch, p.seqlen_q, p.heads, D, kBwdBlockM)) != cudaSuccess ||
+  if ((e = make_map(&q_map, p.q, kBf16, p.batch, p.seqlen_q, p.heads, D, BM)) != cudaSuccess ||
+      (e = make_map(&do_map, p.dout, kBf16, p.batch, p.seqlen_q, p.heads, D, BM)) != cudaSuccess ||
       (e = make_map(&k_map, p.k, kBf16, p.batch, p.seqlen_k, p.heads_k, D, kBwdBlockN)) != cudaSuccess ||
       (e = make_map(&v_map, p.v, kBf16, p.batch, p.seqlen_k, p.heads_k, D, kBwdBlockN)) != cudaSuccess)
     return e;
   const BwdScratch scratch = bwd_scratch_elems(p.batch, p.heads, p.seqlen_q, D);
   if ((e = cudaMemsetAsync(p.dq_accum, 0, scratch.dq_accum * sizeof(float), stream)) != cudaSuccess)
     return e;
-  const int64_t stat_rows = scratch.row_stats / 2;  // [batch, heads, seqlen_q padded to 64]
+  const int64_t stat_rows = scratch.row_stats / 2;  // [batch, heads, padded_q]
   const int padded_q = static_cast<int>(stat_rows / (int64_t(p.batch) * p.heads));
   row_stats_kernel<kBf16><<<(stat_rows + 7) / 8, 256, 0, stream>>>(
       p.out, p.dout, p.lse, p.softmax_d, stat_rows, stat_rows, p.heads, p.seqlen_q, padded_q, D);
@@ -481,21 +507,29 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
   set_problem(a, p);
   a.row_stats = p.softmax_d;
   a.stats_stride = stat_rows;
+  a.stats_rows = padded_q;
   a.dq_accum = p.dq_accum;
   a.dk = p.dk;
   a.dv = p.dv;
-  auto kernel = flash_bwd_kernel<kBf16, D, kStages>;
-  constexpr int smem = BwdSmem<D, kStages>::kBytes;
+  auto kernel = flash_bwd_kernel<kBf16, D, kStages, BM>;
+  constexpr int smem = BwdSmem<D, kStages, BM>::kBytes;
   if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem)) !=
       cudaSuccess)
     return e;
   const dim3 grid((p.seqlen_k + kBwdBlockN - 1) / kBwdBlockN, p.heads, p.batch);
   kernel<<<grid, kBwdThreads, smem, stream>>>(q_map, k_map, v_map, do_map, a);
 
-  const int64_t n = int64_t(p.batch) * p.seqlen_q * p.heads * D;
-  dq_convert_kernel<kBf16><<<(n / 2 + 255) / 256, 256, 0, stream>>>(p.dq_accum, p.dq, n, p.heads,
-                                                                  p.seqlen_q, p.softmax_scale);
+  const dim3 convert_grid(2 * ((p.seqlen_q + BM - 1) / BM), p.heads, p.batch);
+  dq_convert_kernel<kBf16, BM><<<convert_grid, 128, 0, stream>>>(p.dq_accum, p.dq, p.heads, p.seqlen_q,
+                                                                 p.softmax_scale);
   return cudaPeekAtLastError();
+}
+
+template <bool kBf16>
+cudaError_t launch_bwd_for_mask(const BwdParams& p, cudaStream_t stream) {
+  const bool masked = p.window_left >= 0 || p.window_right >= 0;
+  return masked ? launch_bwd<kBf16, 128, 2, kBwdBlockMMasked>(p, stream)
+                : launch_bwd<kBf16, 128, 2, kBwdBlockMFull>(p, stream);
 }
 
 }  // namespace
@@ -506,7 +540,7 @@ bool bwd_supported(const Shape& s) {
 
 cudaError_t run_bwd(const BwdParams& p, cudaStream_t stream) {
   if (!bwd_supported(p)) return cudaErrorNotSupported;
-  return p.bf16 ? launch_bwd<true, 128, 2>(p, stream) : launch_bwd<false, 128, 2>(p, stream);
+  return p.bf16 ? launch_bwd_for_mask<true>(p, stream) : launch_bwd_for_mask<false>(p, stream);
 }
 
 }  // namespace jfa_sm90

@@ -13,6 +13,7 @@
 #include <cuda_runtime.h>
 
 #include <cute/arch/mma_sm90_gmma.hpp>
+#include <cute/arch/mma_sm90_gmma_ext.hpp>  // N = 80
 
 #include <cmath>
 #include <cstdint>
@@ -110,14 +111,17 @@ __device__ __forceinline__ void pin(uint32_t (&r)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i])::"memory");
 }
 
-// wgmma shared-memory descriptor for a 128-byte-swizzled tile. Offsets are in
-// bytes: lead is unused for K-major tiles (1 by convention), and for
-// MN-major ones the distance between 64-column boxes; stride is the distance
-// between groups of 8 rows.
-__device__ __forceinline__ uint64_t desc(const void* p, uint32_t lead, uint32_t stride) {
+// wgmma shared-memory descriptor for a swizzled tile (TMA's 128-byte swizzle
+// unless told otherwise). Offsets are in bytes: lead is unused for K-major
+// tiles (1 by convention), and for MN-major ones the distance between
+// swizzle-wide columns (64 elements for 128 bytes, 16 for 32); stride is the
+// distance between groups of 8 rows.
+constexpr uint64_t kSwizzle128B = 1, kSwizzle32B = 3;
+__device__ __forceinline__ uint64_t desc(const void* p, uint32_t lead, uint32_t stride,
+                                         uint64_t swizzle = kSwizzle128B) {
   return static_cast<uint64_t>((smem_addr(p) >> 4) & 0x3FFF) |
          static_cast<uint64_t>((lead >> 4) & 0x3FFF) << 16 |
-         static_cast<uint64_t>((stride >> 4) & 0x3FFF) << 32 | uint64_t{1} << 62;
+         static_cast<uint64_t>((stride >> 4) & 0x3FFF) << 32 | swizzle << 62;
 }
 
 // The descriptor of a tile `bytes` further on in shared memory. Building each
@@ -154,6 +158,7 @@ struct Gmma;
     using RS = gmma::MMA_64x##N##x16_F32F16F16_RS<kA, kB>;               \
   };
 JFA_SM90_GMMA(64)
+JFA_SM90_GMMA(80)
 JFA_SM90_GMMA(128)
 JFA_SM90_GMMA(256)
 #undef JFA_SM90_GMMA

@@ -114,7 +114,8 @@ bool check(bool bf16, int b, int sq, int sk, int h, int hk, int d, int wl, int w
   CK(cudaMalloc(&q, nq * 2)); CK(cudaMalloc(&k, nk * 2)); CK(cudaMalloc(&v, nk * 2));
   CK(cudaMalloc(&o, nq * 2)); CK(cudaMalloc(&dout, nq * 2)); CK(cudaMalloc(&dq, nq * 2));
   CK(cudaMalloc(&dk, nkh * 2)); CK(cudaMalloc(&dv, nkh * 2));
-  CK(cudaMalloc(&lse, int64_t(b) * h * sq * 4)); CK(cudaMalloc(&acc, int64_t(b) * h * ((sq + 63) / 64) * 64 * d * 4)); CK(cudaMalloc(&sd, 2 * int64_t(b) * h * ((sq + 63) / 64) * 64 * 4));
+  const jfa_sm90::BwdScratch scratch = jfa_sm90::bwd_scratch_elems(b, h, sq, d);
+  CK(cudaMalloc(&lse, int64_t(b) * h * sq * 4)); CK(cudaMalloc(&acc, scratch.dq_accum * 4)); CK(cudaMalloc(&sd, scratch.row_stats * 4));
   CK(cudaMalloc(&P, int64_t(b) * h * sq * sk * 4)); CK(cudaMalloc(&dS, int64_t(b) * h * sq * sk * 4));
   CK(cudaMalloc(&rq, nq * 4)); CK(cudaMalloc(&rk, nkh * 4)); CK(cudaMalloc(&rv, nkh * 4));
   fill_random<<<(nq + 255) / 256, 256>>>(q, nq, seed);
@@ -122,7 +123,7 @@ bool check(bool bf16, int b, int sq, int sk, int h, int hk, int d, int wl, int w
   fill_random<<<(nk + 255) / 256, 256>>>(v, nk, seed + 2);
   fill_random<<<(nq + 255) / 256, 256>>>(dout, nq, seed + 3);
   CK(cudaMemset(dq, 0xFF, nq * 2)); CK(cudaMemset(dk, 0xFF, nkh * 2)); CK(cudaMemset(dv, 0xFF, nkh * 2));
-  CK(cudaMemset(acc, 0xFF, int64_t(b) * h * ((sq + 63) / 64) * 64 * d * 4));
+  CK(cudaMemset(acc, 0xFF, scratch.dq_accum * 4));
   const float scale = 1.f / sqrtf(float(d));
   const jfa_sm90::Shape shape{b, sq, sk, h, hk, d, bf16, scale, wl, wr};
   jfa_sm90::FwdParams fp{shape, q, k, v, o, lse};
@@ -156,7 +157,8 @@ void bench(int seq, bool causal) {
   __nv_bfloat16 *q, *k, *v, *o, *dout, *dq, *dk, *dv;
   float *lse, *acc, *sd;
   for (auto pp : {&q, &k, &v, &o, &dout, &dq, &dk, &dv}) CK(cudaMalloc(pp, n * 2));
-  CK(cudaMalloc(&lse, int64_t(b) * h * seq * 4)); CK(cudaMalloc(&sd, 2 * int64_t(b) * h * seq * 4)); CK(cudaMalloc(&acc, n * 4));
+  const jfa_sm90::BwdScratch scratch = jfa_sm90::bwd_scratch_elems(b, h, seq, d);
+  CK(cudaMalloc(&lse, int64_t(b) * h * seq * 4)); CK(cudaMalloc(&sd, scratch.row_stats * 4)); CK(cudaMalloc(&acc, scratch.dq_accum * 4));
   fill_random<<<(n + 255) / 256, 256>>>(q, n, 1);
   fill_random<<<(n + 255) / 256, 256>>>(k, n, 2);
   fill_random<<<(n + 255) / 256, 256>>>(v, n, 3);
