@@ -111,16 +111,13 @@ void expect_grads(const jfa_buffer* b, int32_t dtype, const std::vector<int64_t>
   expect_tensor("dv", b[2], dtype, dkv_dims);
 }
 
-// The shape with one split of the backward's dq accumulator, whose size the
-// workspace buffer must be a whole multiple of.
-jfa_attention_shape one_split(const jfa_attention_shape& s) {
-  jfa_attention_shape one = s;
-  one.deterministic = 0;
-  return one;
-}
+// The workspace sizes to check against: for one SM, a deterministic call's
+// dq_accum is one split, which its buffer must be a whole multiple of (the
+// split count follows the GPU's SM count); any other call's is the whole.
+constexpr int kOneSm = 1;
 
-// dq_accum and softmax_d at b[0..1]: one split of dq_accum (the whole of it
-// when not deterministic, else a whole number of them) and softmax_d.
+// dq_accum and softmax_d at b[0..1]: dq_accum exactly `split` elements (when
+// not deterministic) or a whole number of splits, and softmax_d.
 void expect_workspace(const jfa_buffer* b, bool deterministic, int64_t split, int64_t softmax_d) {
   expect_dtype("dq_accum", b[0], kF32);
   if (!deterministic) {
@@ -177,9 +174,8 @@ extern "C" int jfa_bwd_shape_from_buffers(const jfa_buffer* b, size_t n, jfa_att
     expect_dout_out_lse(b, dtype, q_dims, {s->batch, s->num_heads, s->seqlen_q});
     expect_alibi(b[6], s);
     expect_grads(b + 7, dtype, q_dims, dkv_dims);
-    const jfa_attention_shape one = one_split(*s);
     int64_t split = 0, softmax_d = 0;
-    jfa_bwd_workspace_elems(&one, 0, &split, &softmax_d);
+    jfa_bwd_workspace_elems(s, kOneSm, &split, &softmax_d);
     expect_workspace(b + 10, s->deterministic, split, softmax_d);
   });
   return status != JFA_OK ? status : jfa_check_shape(s, err, err_len);
@@ -223,9 +219,8 @@ extern "C" int jfa_varlen_bwd_shape_from_buffers(const jfa_buffer* b, size_t n,
     expect_dout_out_lse(b, dtype, q_dims, {s->num_heads, *total_q});
     expect_alibi(b[8], s);
     expect_grads(b + 9, dtype, q_dims, dkv_dims);
-    const jfa_attention_shape one = one_split(*s);
     int64_t split = 0, softmax_d = 0;
-    jfa_varlen_bwd_workspace_elems(&one, *total_q, 0, &split, &softmax_d);
+    jfa_varlen_bwd_workspace_elems(s, *total_q, kOneSm, &split, &softmax_d);
     expect_workspace(b + 12, s->deterministic, split, softmax_d);
   });
   return status != JFA_OK ? status : jfa_check_shape(s, err, err_len);

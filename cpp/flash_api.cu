@@ -646,11 +646,11 @@ void jfa_bwd_workspace_elems(const jfa_attention_shape* s, int num_sms, int64_t*
   const int64_t splits = s->deterministic ? deterministic_splits(*s, num_sms) : 1;
   *dq_accum_elems = splits * dq_accum_split_elems(*s);
   *softmax_d_elems = s->batch * s->num_heads * round_up(s->seqlen_q, 128);
-  // The Hopper backward's, whichever GPU runs it (FlashAttention-2's dq_accum
-  // is never smaller).
+  // The Hopper backward's, whichever GPU runs it. It never takes
+  // deterministic calls, whose dq_accum stays whole splits.
   const jfa_sm90::BwdScratch sm90 =
       jfa_sm90::bwd_scratch_elems(s->batch, s->num_heads, s->seqlen_q, s->head_dim);
-  *dq_accum_elems = std::max(*dq_accum_elems, sm90.dq_accum);
+  if (!s->deterministic) *dq_accum_elems = std::max(*dq_accum_elems, sm90.dq_accum);
   *softmax_d_elems = std::max(*softmax_d_elems, sm90.row_stats);
 }
 

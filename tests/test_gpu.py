@@ -318,7 +318,7 @@ def test_deterministic_workspace_sized_for_this_gpu(flash):
     ext = flash._binding.extension
     sms = flash.num_sms()
     assert sms > 0 and flash._attention._workspace_num_sms() == sms
-    split, _ = ext.bwd_workspace_elems(1, 128, 2, 128)
+    split, _ = ext.bwd_workspace_elems(1, 128, 2, 128, True, 1)  # one SM: one split
     assert ext.bwd_workspace_elems(1, 128, 2, 128, True)[0] == -(-sms // 2) * split
 
 
@@ -329,7 +329,7 @@ def test_deterministic_workspace_too_small_is_an_xla_error(flash):
         pytest.skip("a one-SM GPU needs one split")
     q = jnp.zeros((1, 128, 1, 128), jnp.bfloat16)
     lse = jnp.zeros((1, 1, 128), jnp.float32)
-    split, softmax_d = flash._binding.extension.bwd_workspace_elems(1, 128, 1, 128)
+    split, softmax_d = flash._binding.extension.bwd_workspace_elems(1, 128, 1, 128, True, 1)  # one split
     call = jax.ffi.ffi_call(
         f"{flash._binding.TARGET_PREFIX}_bwd",
         (jax.ShapeDtypeStruct(q.shape, q.dtype),) * 3

@@ -76,11 +76,14 @@ def test_extension_surface(flash):
     assert flash.has_kernel("bfloat16", 120) == flash.has_kernel("bfloat16", 128)  # same bucket
     with pytest.raises(ValueError, match="dtype must be 'float16' or 'bfloat16'"):
         flash.has_kernel("float32", 128)
-    # dq_accum is [batch, round128(seqlen_q), heads, round32(head_dim)]; softmax_d the larger of
-    # FlashAttention-2's [batch, heads, round128(seqlen_q)] and the Hopper backward's two
-    # [batch, heads, round64(seqlen_q)] (here 2 * 4 * 128 and 2 * 2 * 4 * 128).
-    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72)) == (2 * 128 * 4 * 96, 2 * 2 * 4 * 128)
-    # Deterministic: ceil(num_sms / (batch * heads)) copies of dq_accum, at least one.
-    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72, True, 132)) == (17 * 2 * 128 * 4 * 96, 2 * 2 * 4 * 128)
-    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72, True, 4)) == (2 * 128 * 4 * 96, 2 * 2 * 4 * 128)
-    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72, False, 132)) == (2 * 128 * 4 * 96, 2 * 2 * 4 * 128)
+    # FlashAttention-2's dq_accum is [batch, round128(seqlen_q), heads, round32(head_dim)] and
+    # its softmax_d [batch, heads, round128(seqlen_q)]; the Hopper backward's are
+    # [batch, heads, padded, head_dim] and two [batch, heads, padded], padded the larger of
+    # round64(seqlen_q) and round80(seqlen_q) (here 160). Each is the larger of the two.
+    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72)) == (2 * 128 * 4 * 96, 2 * 2 * 4 * 160)
+    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 128)) == (2 * 4 * 160 * 128, 2 * 2 * 4 * 160)
+    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72, False, 132)) == (2 * 128 * 4 * 96, 2 * 2 * 4 * 160)
+    # Deterministic (FlashAttention-2's backward only): ceil(num_sms / (batch * heads)) copies
+    # of its dq_accum, at least one.
+    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72, True, 132)) == (17 * 2 * 128 * 4 * 96, 2 * 2 * 4 * 160)
+    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 128, True, 4)) == (2 * 128 * 4 * 128, 2 * 2 * 4 * 160)

@@ -221,9 +221,13 @@ int64_t jfa_kvcache_workspace_elems(const jfa_attention_shape* shape, int num_sp
  * (either backward: FlashAttention-2's or the Hopper one).
  * num_sms is the SM count of the GPU the backward will run on (jfa_num_sms());
  * only the deterministic backward depends on it: its dq_accum holds
- * ceil(num_sms / (batch * num_heads)) splits (at least 1). softmax_d is the
- * larger of batch * heads * round128(seqlen_q) and 2 * batch * heads *
- * round64(seqlen_q). */
+ * ceil(num_sms / (batch * num_heads)) splits of FlashAttention-2's (the one
+ * backward it runs). Otherwise each buffer is the larger of the two
+ * backwards' needs, as softmax_d always is: FlashAttention-2's dq_accum of
+ * batch * heads * round128(seqlen_q) * head_dim rounded up to 32 (64 above
+ * 128) and softmax_d of batch * heads * round128(seqlen_q); the Hopper one's
+ * batch * heads * padded * head_dim and 2 * batch * heads * padded, padded
+ * the larger of round64(seqlen_q) and round80(seqlen_q). */
 void jfa_bwd_workspace_elems(const jfa_attention_shape* shape, int num_sms,
                              int64_t* dq_accum_elems, int64_t* softmax_d_elems);
 

@@ -240,11 +240,13 @@ pub fn fwd_spec() -> Spec {
 
 /// One split of the backward's dq_accum for bwd_spec's shape.
 pub fn dq_accum_split() -> i64 {
+    // Deterministic with no SM count: one split.
     let shape = AttentionShape {
         batch: 2,
         seqlen_q: 128,
         num_heads: 4,
         head_dim: 128,
+        deterministic: 1,
         ..Default::default()
     };
     let (mut dq_accum, mut softmax_d) = (0, 0);

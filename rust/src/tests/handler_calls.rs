@@ -206,7 +206,7 @@ fn bwd_launches_with_the_decoded_shape_pointers_and_stream() {
     );
     assert_eq!(launches[0].stream, STREAM);
     assert_eq!(launches[0].alibi, (0, 4));
-    assert_eq!(launches[0].dq_accum_elems, dq_accum_split());
+    assert_eq!(launches[0].dq_accum_elems, bwd_spec().rets[3].dims[0]);
     assert_eq!(launches[0].shape.deterministic, 0);
     assert_eq!(launches[0].varlen, None);
 }
@@ -469,10 +469,12 @@ fn the_deterministic_backward_takes_whole_splits_of_dq_accum() {
     );
     assert_eq!(c_abi_message(&spec, true), expected);
     assert_eq!(run_bwd(&lib, &spec), Some((xla::ERROR_INVALID_ARGUMENT, expected)));
-    // Without deterministic, dq_accum is exactly one split.
+    // Without deterministic, dq_accum is exactly jfa_bwd_workspace_elems' size (one split or
+    // the Hopper backward's scratch, whichever is larger).
+    let whole = bwd_spec().rets[3].dims[0];
     spec.attrs = bwd_attrs(0.125, true, -1, -1, 0.0, false, false);
     spec.rets[3].dims = vec![3 * split];
-    let expected = format!("dq_accum: expected shape ({split},), got ({},)", 3 * split);
+    let expected = format!("dq_accum: expected shape ({whole},), got ({},)", 3 * split);
     assert_eq!(run_bwd(&lib, &spec), Some((xla::ERROR_INVALID_ARGUMENT, expected)));
     assert_eq!(lib.launches.borrow().len(), 1);
 }
@@ -539,12 +541,14 @@ fn workspace_sizes_follow_the_sm_count_when_deterministic() {
         unsafe { kernels::jfa_bwd_workspace_elems(shape, sms, &mut dq_accum, &mut softmax_d) };
         (dq_accum, softmax_d)
     };
-    // softmax_d: the Hopper backward's two [batch, heads, round64(seqlen_q)] rows of
-    // statistics, more than FlashAttention-2's [batch, heads, round128(seqlen_q)] here.
-    let softmax_d = 2 * 2 * 4 * 128;
-    assert_eq!(elems(&shape, 132), (split, softmax_d));
+    // Not deterministic: the Hopper backward's scratch, which pads seqlen_q to 160 (the larger
+    // of its 64- and 80-row blocks), is more than FlashAttention-2's (128 rows) here.
+    assert_eq!(elems(&shape, 132), (2 * 4 * 160 * 128, 2 * 2 * 4 * 160));
     shape.deterministic = 1;
-    // ceil(132 / (2 * 4)) = 17 splits; at least one.
+    // Deterministic, FlashAttention-2's only: ceil(132 / (2 * 4)) = 17 splits; at least one.
+    // softmax_d stays the larger of the two.
+    let softmax_d = 2 * 2 * 4 * 160;
+    assert_eq!(split, 2 * 128 * 4 * 128);
     assert_eq!(elems(&shape, 132), (17 * split, softmax_d));
     assert_eq!(elems(&shape, 8), (split, softmax_d));
     assert_eq!(elems(&shape, 0), (split, softmax_d));
