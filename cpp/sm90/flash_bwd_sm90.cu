@@ -135,8 +135,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   constexpr int kRowAcc = BM / 2;  // S^T, dP^T, dQ^T floats per thread (m64 x BM)
 
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  unsigned char* smem = reinterpret_cast<unsigned char*>(
-      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  unsigned char* smem = align_1024(smem_raw);
   unsigned char* sK = smem + L::kK;
   unsigned char* sV = smem + L::kV;
   unsigned char* sQ = smem + L::kQ;

@@ -111,6 +111,16 @@ __device__ __forceinline__ void pin(uint32_t (&r)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i])::"memory");
 }
 
+// The first 1024-byte boundary at or after p, a shared-memory pointer (the
+// 128-byte swizzle repeats every 1024 bytes). Offsetting p itself, rather
+// than rounding its integer value, keeps the compiler aware that the result
+// is in shared memory: otherwise every access through it becomes a generic
+// load or store (LD.E / ST.E instead of LDS / STS), which the backward's
+// statistics, dS^T and dQ stores paid for in latency.
+__device__ __forceinline__ unsigned char* align_1024(unsigned char* p) {
+  return p + ((1024 - (smem_addr(p) & 1023)) & 1023);
+}
+
 // wgmma shared-memory descriptor for a swizzled tile (TMA's 128-byte swizzle
 // unless told otherwise). Offsets are in bytes: lead is unused for K-major
 // tiles (1 by convention), and for MN-major ones the distance between
