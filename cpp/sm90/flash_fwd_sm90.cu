@@ -74,6 +74,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr int kOAcc = D / 2;        // O accumulator floats per thread
 
   extern __shared__ __align__(1024) unsigned char smem_raw[];
+  // Integer rounding, unlike the backward's align_1024(): this kernel makes
+  // only TMA and wgmma addresses from the base, so no access turns generic,
+  // and align_1024() measured no better here (docs/hopper-notes.md, b11).
   unsigned char* smem = reinterpret_cast<unsigned char*>(
       (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
   unsigned char* sQ = smem;
