@@ -80,34 +80,20 @@ __device__ __forceinline__ int64_t dq_tile_offset(int64_t bh, int m_blocks, int 
   return ((bh * m_blocks + m) * 2 + half) * (BM * 64);
 }
 
-// Both consumers (256 threads).
-__device__ __forceinline__ void consumers_sync() {
-  asm volatile("bar.sync 3, 256;" ::: "memory");
-}
-
-__device__ __forceinline__ void s_dp_turn_wait() {
-  asm volatile("bar.sync 6, 256;" ::: "memory");
-}
-__device__ __forceinline__ void s_dp_turn_pass() {
-  asm volatile("bar.arrive 6, 256;" ::: "memory");
-}
+// Named barriers of both consumers (256 threads): 3 for the dS exchange, 6
+// for the S/dP turn.
+__device__ __forceinline__ void consumers_sync() { named_bar_sync<256>(3); }
+__device__ __forceinline__ void s_dp_turn_wait() { named_bar_sync<256>(6); }
+__device__ __forceinline__ void s_dp_turn_pass() { named_bar_arrive<256>(6); }
 
 // A consumer's dQ stage is handed to the producer's dQ warp and back through
 // named barriers of 160 threads (the warpgroup and that warp): "full" 7 + wg,
 // "empty" 9 + wg.
 constexpr int kDqHandoffThreads = 128 + 32;
-__device__ __forceinline__ void dq_stage_wait_empty(int wg) {
-  asm volatile("bar.sync %0, %1;" ::"r"(9 + wg), "n"(kDqHandoffThreads) : "memory");
-}
-__device__ __forceinline__ void dq_stage_mark_full(int wg) {
-  asm volatile("bar.arrive %0, %1;" ::"r"(7 + wg), "n"(kDqHandoffThreads) : "memory");
-}
-__device__ __forceinline__ void dq_stage_wait_full(int wg) {
-  asm volatile("bar.sync %0, %1;" ::"r"(7 + wg), "n"(kDqHandoffThreads) : "memory");
-}
-__device__ __forceinline__ void dq_stage_mark_empty(int wg) {
-  asm volatile("bar.arrive %0, %1;" ::"r"(9 + wg), "n"(kDqHandoffThreads) : "memory");
-}
+__device__ __forceinline__ void dq_stage_wait_empty(int wg) { named_bar_sync<kDqHandoffThreads>(9 + wg); }
+__device__ __forceinline__ void dq_stage_mark_full(int wg) { named_bar_arrive<kDqHandoffThreads>(7 + wg); }
+__device__ __forceinline__ void dq_stage_wait_full(int wg) { named_bar_sync<kDqHandoffThreads>(7 + wg); }
+__device__ __forceinline__ void dq_stage_mark_empty(int wg) { named_bar_arrive<kDqHandoffThreads>(9 + wg); }
 
 // dst[0 .. bytes) += src[0 .. bytes) as float32, asynchronously.
 __device__ __forceinline__ void bulk_reduce_add(float* dst, const float* src, int bytes) {

@@ -89,14 +89,21 @@ __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
 }
 
-// Named barriers 1 and 2 order the two consumer warpgroups' turns on the
-// tensor cores (0 is __syncthreads').
-__device__ __forceinline__ void turn_wait(int wg) {
-  asm volatile("bar.sync %0, 256;" ::"r"(1 + wg) : "memory");
+// Named barrier `id` (0 is __syncthreads') over kThreads threads: wait for
+// all of them, or count this warp in without waiting.
+template <int kThreads>
+__device__ __forceinline__ void named_bar_sync(int id) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "n"(kThreads) : "memory");
 }
-__device__ __forceinline__ void turn_pass(int wg) {
-  asm volatile("bar.arrive %0, 256;" ::"r"(2 - wg) : "memory");
+template <int kThreads>
+__device__ __forceinline__ void named_bar_arrive(int id) {
+  asm volatile("bar.arrive %0, %1;" ::"r"(id), "n"(kThreads) : "memory");
 }
+
+// Named barriers 1 and 2 order the forward's two consumer warpgroups' turns
+// on the tensor cores.
+__device__ __forceinline__ void turn_wait(int wg) { named_bar_sync<256>(1 + wg); }
+__device__ __forceinline__ void turn_pass(int wg) { named_bar_arrive<256>(2 - wg); }
 
 // Keeps the compiler from moving accesses of an accumulator across the
 // asynchronous wgmma that owns it (it sees the asm as synchronous).
