@@ -20,7 +20,8 @@
 //             over all 128 keys, and stages it in shared memory for the
 //             producer's dQ warp. dK's product is issued after dQ^T's, so
 //             that it runs while dQ^T is staged.
-// Small kernels around it compute D = rowsum(dO * O) and convert dQ.
+// Small kernels around it compute D = rowsum(dO * O) (clearing the dQ buffer
+// on the way) and convert dQ.
 
 #include "flash_sm90.h"
 
@@ -105,9 +106,6 @@ __device__ __forceinline__ void bulk_reduce_add(float* dst, const float* src, in
 }
 __device__ __forceinline__ void bulk_wait_read() {
   asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
-}
-__device__ __forceinline__ void bulk_wait() {
-  asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
 }
 
 template <bool kBf16, int D, int kStages, int BM>
@@ -200,7 +198,6 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           __syncwarp();
           if (i + 1 < n_iter) dq_stage_mark_empty(wg);
         }
-      if (threadIdx.x == 32) bulk_wait();
     }
     return;
   }
@@ -278,8 +275,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   };
 
   if (n_iter > 0) {
-    stat_store(0, stat_load(0));
-    stat_store(1, stat_load(1));
+    const float stat0 = stat_load(0), stat1 = stat_load(1);
+    stat_store(0, stat0);
+    stat_store(1, stat1);
     mbar_wait(kv_full, 0);
     consumers_sync();
   }
@@ -391,48 +389,69 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     if (lane == 0) mbar_arrive(&q_empty[s]);
   }
 
-  // dK (scaled) and dV for this head's keys, [batch, seqlen_k, heads, D].
+  // dK (scaled) and dV for this head's keys, [batch, seqlen_k, heads, D], go
+  // through shared memory so that each key's row leaves in 16-byte stores:
+  // straight from the accumulators they would be 4-byte pieces of 8 rows per
+  // warp store. The Q, dO and dS^T buffers are free once both consumers are
+  // past their last products (the dQ stage may still be being read).
+  consumers_sync();
+  // 4 words of padding per row: the 8 rows of a warp's store hit distinct banks.
+  constexpr int kOutPitch = D / 2 + 4;
+  uint32_t* stage = reinterpret_cast<uint32_t*>(sQ);  // [dK, dV][128 keys][kOutPitch words]
+  static_assert(2 * kBwdBlockN * kOutPitch * 4 <= L::kDq - L::kQ, "dK/dV stage");
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int key = key0 + 8 * r;
-    if (key >= a.seqlen_k) continue;
-    const int64_t offset_row = ((static_cast<int64_t>(batch) * a.seqlen_k + key) * a.heads + head) * D;
-    uint32_t* dk_row = reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(a.dk) + offset_row);
-    uint32_t* dv_row = reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(a.dv) + offset_row);
+  for (int r = 0; r < 2; ++r)
 #pragma unroll
     for (int j = 0; j < D / 8; ++j) {
-      dk_row[(8 * j + col) / 2] =
-          pack<kBf16>(dk[4 * j + 2 * r] * a.scale, dk[4 * j + 2 * r + 1] * a.scale);
-      dv_row[(8 * j + col) / 2] = pack<kBf16>(dv[4 * j + 2 * r], dv[4 * j + 2 * r + 1]);
+      const int word = (key_local + 8 * r) * kOutPitch + (8 * j + col) / 2;
+      stage[word] = pack<kBf16>(dk[4 * j + 2 * r] * a.scale, dk[4 * j + 2 * r + 1] * a.scale);
+      stage[kBwdBlockN * kOutPitch + word] = pack<kBf16>(dv[4 * j + 2 * r], dv[4 * j + 2 * r + 1]);
     }
+  consumers_sync();
+  constexpr int kChunksPerRow = D * 2 / 16;
+  for (int c = threadIdx.x - 128; c < 2 * kBwdBlockN * kChunksPerRow; c += 256) {
+    const int t = c / (kBwdBlockN * kChunksPerRow), key_row = c / kChunksPerRow % kBwdBlockN;
+    const int key = n0 + key_row, chunk = c % kChunksPerRow;
+    if (key >= a.seqlen_k) continue;
+    const uint4 x = *reinterpret_cast<const uint4*>(stage + (t * kBwdBlockN + key_row) * kOutPitch + 4 * chunk);
+    const int64_t row = ((static_cast<int64_t>(batch) * a.seqlen_k + key) * a.heads + head) * D;
+    reinterpret_cast<uint4*>(static_cast<uint16_t*>(t ? a.dv : a.dk) + row)[chunk] = x;
   }
 }
 
-template <bool kBf16>
-__device__ __forceinline__ float load(const void* p, int64_t i) {
-  if constexpr (kBf16) return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-  else return __half2float(static_cast<const __half*>(p)[i]);
-}
-
-// BwdArgs::row_stats: lse * log2(e) and D = rowsum(dO * O) per query row,
-// padded to padded_q rows per (batch, head); one warp per row.
-template <bool kBf16>
-__global__ void row_stats_kernel(const void* out, const void* dout, const float* lse, float* stats,
-                                 int64_t stats_stride, int64_t rows, int heads, int seqlen_q,
-                                 int padded_q, int head_dim) {
+// Before the main kernel: BwdArgs::row_stats (lse * log2(e) and D =
+// rowsum(dO * O) per query row, padded to padded_q rows per (batch, head))
+// and zeros in dq_accum, where each row clears D floats of its (batch, head)'s
+// m_rows. One warp per row, each lane D / 32 elements of it.
+template <bool kBf16, int D>
+__global__ void bwd_prep_kernel(const void* out, const void* dout, const float* lse, float* stats,
+                                float* dq_accum, int64_t stats_stride, int64_t rows, int heads,
+                                int seqlen_q, int padded_q, int m_rows) {
+  static_assert(D % 128 == 0, "a lane reads whole 8-byte pieces");
   const int64_t row = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;  // [batch, heads, padded_q]
   if (row >= rows) return;
-  const int i = row % padded_q;
+  const int i = row % padded_q, lane = threadIdx.x % 32;
   const int64_t bh = row / padded_q;
   float sum = 0.f;
   if (i < seqlen_q) {
-    const int64_t base = ((bh / heads * seqlen_q + i) * heads + bh % heads) * head_dim;
-    for (int c = threadIdx.x % 32; c < head_dim; c += 32)
-      sum += load<kBf16>(out, base + c) * load<kBf16>(dout, base + c);
+    const int64_t base = ((bh / heads * seqlen_q + i) * heads + bh % heads) * D;
+#pragma unroll
+    for (int c = 4 * lane; c < D; c += 128) {
+      const uint2 o = *reinterpret_cast<const uint2*>(static_cast<const uint16_t*>(out) + base + c);
+      const uint2 g = *reinterpret_cast<const uint2*>(static_cast<const uint16_t*>(dout) + base + c);
+      const float2 o0 = unpack<kBf16>(o.x), o1 = unpack<kBf16>(o.y);
+      const float2 g0 = unpack<kBf16>(g.x), g1 = unpack<kBf16>(g.y);
+      sum += o0.x * g0.x + o0.y * g0.y + o1.x * g1.x + o1.y * g1.y;
+    }
+  }
+  if (i < m_rows) {
+    float4* acc = reinterpret_cast<float4*>(dq_accum + (bh * m_rows + i) * D);
+#pragma unroll
+    for (int c = lane; c < D / 4; c += 32) acc[c] = make_float4(0.f, 0.f, 0.f, 0.f);
   }
 #pragma unroll
   for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffff, sum, o);
-  if (threadIdx.x % 32 == 0) {
+  if (lane == 0) {
     stats[row] = i < seqlen_q ? lse[bh * seqlen_q + i] * 1.44269504f : INFINITY;
     stats[row + stats_stride] = sum;
   }
@@ -481,12 +500,12 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
       (e = make_map(&v_map, p.v, kBf16, p.batch, p.seqlen_k, p.heads_k, D, kBwdBlockN)) != cudaSuccess)
     return e;
   const BwdScratch scratch = bwd_scratch_elems(p.batch, p.heads, p.seqlen_q, D);
-  if ((e = cudaMemsetAsync(p.dq_accum, 0, scratch.dq_accum * sizeof(float), stream)) != cudaSuccess)
-    return e;
   const int64_t stat_rows = scratch.row_stats / 2;  // [batch, heads, padded_q]
   const int padded_q = static_cast<int>(stat_rows / (int64_t(p.batch) * p.heads));
-  row_stats_kernel<kBf16><<<(stat_rows + 7) / 8, 256, 0, stream>>>(
-      p.out, p.dout, p.lse, p.softmax_d, stat_rows, stat_rows, p.heads, p.seqlen_q, padded_q, D);
+  const int m_rows = (p.seqlen_q + BM - 1) / BM * BM;  // dq_accum's rows per (batch, head)
+  bwd_prep_kernel<kBf16, D><<<(stat_rows + 7) / 8, 256, 0, stream>>>(
+      p.out, p.dout, p.lse, p.softmax_d, p.dq_accum, stat_rows, stat_rows, p.heads, p.seqlen_q, padded_q,
+      m_rows);
 
   BwdArgs a;
   set_problem(a, p);

@@ -230,6 +230,13 @@ __device__ __forceinline__ uint32_t pack(float x, float y) {
   }
 }
 
+// pack's inverse.
+template <bool kBf16>
+__device__ __forceinline__ float2 unpack(uint32_t x) {
+  if constexpr (kBf16) return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&x));
+  else return __half22float2(*reinterpret_cast<const __half2*>(&x));
+}
+
 // ---------------------------------------------------------------------------
 // Host side.
 

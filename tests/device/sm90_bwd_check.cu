@@ -1,7 +1,7 @@
 // Standalone check of our Hopper backward (cpp/sm90/flash_bwd_sm90.cu) without
 // JAX: dq, dk, dv against a float32 GPU reference on small shapes (max error
 // over max |reference|, see max_rel), then, with any argument, CUDA-event timing on
-// the benchmark shapes ("ncu": one 4k point, for a profiler). Build as
+// the benchmark shapes ("ncu [SEQ]": one point, 4k by default, for a profiler). Build as
 // tests/device/sm90_fwd_check.cu says.
 #include "../../cpp/sm90/flash_fwd_sm90.cu"
 #include "../../cpp/sm90/flash_bwd_sm90.cu"
@@ -183,7 +183,7 @@ void bench(int seq, bool causal) {
 }
 
 int main(int argc, char** argv) {
-  if (argc > 1 && std::string(argv[1]) == "ncu") { bench(4096, false); return 0; }
+  if (argc > 1 && std::string(argv[1]) == "ncu") { bench(argc > 2 ? atoi(argv[2]) : 4096, false); return 0; }
   int fails = 0, seed = 99;
   struct Case { int b, sq, sk, h, hk, d, wl, wr; };
   std::vector<Case> cases = {
