@@ -5,9 +5,8 @@
 // dK and dV in registers and adding its share of dQ into a float32 buffer.
 // Three warpgroups:
 //   producer  (warps 0-3): one thread loads K and V once, then Q and dO
-//             blocks into a ring of stages (TMA, mbarriers); at 80 rows,
-//             warp 1 adds the consumers' staged dQ tiles to the buffer
-//             (bulk reduce-add).
+//             blocks into a ring of stages (TMA, mbarriers); warp 1 adds
+//             the consumers' staged dQ tiles to the buffer (bulk reduce-add).
 //   consumers (warps 4-11): two warpgroups, each owning 64 of the keys. Per
 //             query block, with wgmma:
 //               S^T = K Q^T and dP^T = V dO^T         (both from shared memory)
@@ -18,9 +17,9 @@
 //             layout that wgmma's register operand takes, and lets BM be 80
 //             (wgmma's M is 64). The two consumers exchange dS^T through
 //             shared memory, so each computes dQ^T for half of the head dim
-//             over all 128 keys, and stages it for the producer's dQ warp
-//             (or, at 64 rows, adds it to the buffer itself). dK's product
-//             is issued after dQ^T's, so that it runs while dQ^T is added.
+//             over all 128 keys, and stages it in shared memory for the
+//             producer's dQ warp. dK's product is issued after dQ^T's, so
+//             that it runs while dQ^T is staged.
 // Small kernels around it compute D = rowsum(dO * O) (clearing the dQ buffer
 // on the way) and convert dQ.
 
@@ -108,12 +107,6 @@ __device__ __forceinline__ void bulk_reduce_add(float* dst, const float* src, in
 __device__ __forceinline__ void bulk_wait_read() {
   asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
 }
-// dst[0 .. 4) += x as float32 (one vector reduction in L2).
-__device__ __forceinline__ void red_add(float* dst, float4 x) {
-  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(dst), "f"(x.x), "f"(x.y), "f"(x.z),
-               "f"(x.w)
-               : "memory");
-}
 
 template <bool kBf16, int D, int kStages, int BM>
 __global__ void __launch_bounds__(kBwdThreads, 1)
@@ -124,11 +117,6 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   constexpr int kBoxes = D / kBoxCols;
   constexpr int kAcc = D / 2;     // dK, dV floats per thread (m64 x D)
   constexpr int kRowAcc = BM / 2;  // S^T, dP^T, dQ^T floats per thread (m64 x BM)
-  // How dQ^T reaches dq_accum: at 80 rows through a shared-memory stage and
-  // the dQ warp's bulk reduce-add; at 64 rows (masked calls) straight from
-  // the registers with vector reductions, which measured 1-5% faster there
-  // and 6-10% slower at 80 rows (docs/hopper-notes.md, b13).
-  constexpr bool kStageDq = BM == kBwdBlockMFull;
 
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = align_1024(smem_raw);
@@ -195,7 +183,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           tma_load(sdO + s * L::kQBytes + c * BM * kBoxRowBytes, &do_map, &do_full[s], c * kBoxCols, head, q0,
                    batch);
       }
-    } else if (kStageDq && threadIdx.x / 32 == 1 && n_iter > 0) {
+    } else if (threadIdx.x / 32 == 1 && n_iter > 0) {
       // The dQ warp adds each consumer's staged dQ^T tile to dq_accum, so
       // that the consumers never wait for the reduce-add to read their stage.
       for (int wg = 0; wg < 2; ++wg) dq_stage_mark_empty(wg);
@@ -255,23 +243,19 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     transposed_product(v_rows, do_tile, dp_acc);
   };
 
-  // This warpgroup's dQ^T tile is added to dq_accum in accumulator order
-  // (float4 v of thread t at 128 v + t, so that a warp's accesses are
-  // contiguous and free of bank conflicts); dq_convert_kernel undoes the order.
+  // This warpgroup's dQ^T tile goes to shared memory in accumulator order
+  // (float4 v of thread t at 128 v + t, so that a warp's stores are
+  // contiguous and free of bank conflicts) and from there to dq_accum with
+  // one bulk reduce-add by the dQ warp; dq_convert_kernel undoes the order.
   float* dq_stage = reinterpret_cast<float*>(sdQ + wg * L::kDqStageBytes);
-  auto add_dq = [&](int i) {
-    if constexpr (kStageDq) dq_stage_wait_empty(wg);
-    float* dst = a.dq_accum + dq_tile_offset<BM>(bh, m_blocks, m_lo + i, wg);
+  auto stage_dq = [&]() {
+    dq_stage_wait_empty(wg);
 #pragma unroll
-    for (int v4 = 0; v4 < kRowAcc / 4; ++v4) {
-      const float4 x = make_float4(dq_acc[4 * v4], dq_acc[4 * v4 + 1], dq_acc[4 * v4 + 2], dq_acc[4 * v4 + 3]);
-      if constexpr (kStageDq) reinterpret_cast<float4*>(dq_stage)[v4 * 128 + wg_thread] = x;
-      else red_add(dst + 4 * (v4 * 128 + wg_thread), x);
-    }
-    if constexpr (kStageDq) {
-      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-      dq_stage_mark_full(wg);
-    }
+    for (int v4 = 0; v4 < kRowAcc / 4; ++v4)
+      reinterpret_cast<float4*>(dq_stage)[v4 * 128 + wg_thread] =
+          make_float4(dq_acc[4 * v4], dq_acc[4 * v4 + 1], dq_acc[4 * v4 + 2], dq_acc[4 * v4 + 3]);
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    dq_stage_mark_full(wg);
   };
 
   // The row statistics of query blocks i, i + 1 (being read) and i + 2
@@ -398,7 +382,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
 
     wgmma_wait<1>();
     pin(dq_acc);
-    add_dq(i);
+    stage_dq();
     wgmma_wait<0>();
     pin(dk);
     pin(ds);
