@@ -392,28 +392,29 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   // dK (scaled) and dV for this head's keys, [batch, seqlen_k, heads, D], go
   // through shared memory so that each key's row leaves in 16-byte stores:
   // straight from the accumulators they would be 4-byte pieces of 8 rows per
-  // warp store. The Q, dO and dS^T buffers are free once both consumers are
-  // past their last products (the dQ stage may still be being read).
+  // warp store. A warp holds whole rows (16 keys), so it stages and stores
+  // them alone, in the Q, dO and dS^T buffers, which are free once both
+  // consumers are past their last products.
   consumers_sync();
-  // 4 words of padding per row: the 8 rows of a warp's store hit distinct banks.
-  constexpr int kOutPitch = D / 2 + 4;
-  uint32_t* stage = reinterpret_cast<uint32_t*>(sQ);  // [dK, dV][128 keys][kOutPitch words]
-  static_assert(2 * kBwdBlockN * kOutPitch * 4 <= L::kDq - L::kQ, "dK/dV stage");
+  constexpr int kOutPitch = D / 2 + 4;  // words; the padding keeps the 8 rows of a store on distinct banks
+  constexpr int kWarpRows = 16, kChunks = D * 2 / 16;  // 16-byte pieces per row
+  uint32_t* stage = reinterpret_cast<uint32_t*>(sQ) + (wg * 4 + warp) * 2 * kWarpRows * kOutPitch;
+  static_assert(8 * 2 * kWarpRows * kOutPitch * 4 <= L::kDq - L::kQ, "dK/dV stage");
 #pragma unroll
   for (int r = 0; r < 2; ++r)
 #pragma unroll
     for (int j = 0; j < D / 8; ++j) {
-      const int word = (key_local + 8 * r) * kOutPitch + (8 * j + col) / 2;
+      const int word = (lane / 4 + 8 * r) * kOutPitch + (8 * j + col) / 2;
       stage[word] = pack<kBf16>(dk[4 * j + 2 * r] * a.scale, dk[4 * j + 2 * r + 1] * a.scale);
-      stage[kBwdBlockN * kOutPitch + word] = pack<kBf16>(dv[4 * j + 2 * r], dv[4 * j + 2 * r + 1]);
+      stage[kWarpRows * kOutPitch + word] = pack<kBf16>(dv[4 * j + 2 * r], dv[4 * j + 2 * r + 1]);
     }
-  consumers_sync();
-  constexpr int kChunksPerRow = D * 2 / 16;
-  for (int c = threadIdx.x - 128; c < 2 * kBwdBlockN * kChunksPerRow; c += 256) {
-    const int t = c / (kBwdBlockN * kChunksPerRow), key_row = c / kChunksPerRow % kBwdBlockN;
-    const int key = n0 + key_row, chunk = c % kChunksPerRow;
+  __syncwarp();
+#pragma unroll
+  for (int c = lane; c < 2 * kWarpRows * kChunks; c += 32) {
+    const int t = c / (kWarpRows * kChunks), r = c / kChunks % kWarpRows, chunk = c % kChunks;
+    const int key = key0 - lane / 4 + r;  // the warp's first key + r
     if (key >= a.seqlen_k) continue;
-    const uint4 x = *reinterpret_cast<const uint4*>(stage + (t * kBwdBlockN + key_row) * kOutPitch + 4 * chunk);
+    const uint4 x = *reinterpret_cast<const uint4*>(stage + (t * kWarpRows + r) * kOutPitch + 4 * chunk);
     const int64_t row = ((static_cast<int64_t>(batch) * a.seqlen_k + key) * a.heads + head) * D;
     reinterpret_cast<uint4*>(static_cast<uint16_t*>(t ? a.dv : a.dk) + row)[chunk] = x;
   }
