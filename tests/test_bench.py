@@ -106,3 +106,35 @@ def test_sizes_not_given_default_to_tiny_on_cpu(flash):
     assert (args.heads, args.head_dim, args.dtype) == (4, 32, "float16")
     assert (args.causal_values, args.bwd_values) == ([False], [False])
     assert parse(["--causal"]).causal_values == [True]
+
+
+def test_merge_takes_the_median_of_the_runs_medians(flash, tmp_path):
+    bench = load_bench(flash)
+    ours, peer, absent = own_label(flash), "jax-nn-xla", "fa3-jax"
+
+    def record(method, ms, skipped=None):
+        r = dict(method=method, causal=False, bwd=True, seqlen=128, batch=2, ms=ms,
+                 min_ms=ms and 0.9 * ms, max_ms=ms and 1.1 * ms, tflops=ms and 1.0, heads=2,
+                 head_dim=128, dtype="bfloat16", ratio_to_best_peer=None)
+        return dict(r, skipped=skipped) if skipped else r
+
+    runs = [[record(ours, 1.0), record(peer, 2.0), record(absent, None, "not importable")],
+            [record(ours, 3.0), record(peer, None, "RESOURCE_EXHAUSTED"), record(absent, None, "x")],
+            [record(ours, 2.0), record(peer, 4.0), record(absent, None, "x")]]
+    paths = []
+    for i, run in enumerate(runs):
+        paths.append(str(tmp_path / f"run{i}.json"))
+        with open(paths[-1], "w") as f:
+            json.dump(run, f)
+    md = tmp_path / "merged.md"
+    by_method = {r["method"]: r for r in bench.main(["--merge", *paths, "--markdown", str(md)])}
+
+    mine, theirs = by_method[ours], by_method[peer]
+    assert (mine["ms"], mine["runs"]) == (2.0, 3)
+    assert (theirs["ms"], theirs["runs"]) == (3.0, 2)  # the run that skipped it does not count
+    assert (mine["min_ms"], mine["max_ms"]) == pytest.approx((0.9, 3.3))
+    flops = bench.attention_flops(2, 128, 2, 128, causal=False, bwd=True)
+    assert mine["tflops"] == pytest.approx(flops / 2.0 / 1e9)  # from the FLOPs, not the runs' TFLOPS
+    assert mine["ratio_to_best_peer"] == pytest.approx(1.5)
+    assert by_method[absent]["tflops"] is None and by_method[absent]["skipped"] == "not importable"
+    assert "1.50x" in md.read_text() and "skipped" in md.read_text()

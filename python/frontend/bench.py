@@ -4,6 +4,7 @@
         [--seqlens 512,1024,...] [--total-tokens N] [--heads H] [--head-dim D]
         [--dtype bf16|fp16] [--iters N] [--methods LABEL,...]
         [--json PATH] [--markdown PATH] [--plot PATH]
+    python -m jax_flash_attn.bench --merge RUN.json RUN.json ... [--json/--markdown/--plot PATH]
 
 (`python -m jflash_attn.bench` likewise.) Each seqlen runs batch = total_tokens //
 seqlen sequences. FLOPs follow FlashAttention's convention: forward is
@@ -15,7 +16,9 @@ left out, and a method that fails at a point is recorded as skipped. Each point
 reports the median over --iters samples; a sample enqueues enough calls back to
 back to last about 2 ms (at most 50; one call from 2 ms up) and divides by their
 number. On CPU, sizes not given default to a tiny configuration so CI runs the
-code path (flash_mha then runs its pure-JAX reference).
+code path (flash_mha then runs its pure-JAX reference). --merge times nothing: it
+combines earlier runs' --json records, per point the median of their medians
+(single points move by up to 10-30% between runs on a shared GPU).
 """
 
 import argparse
@@ -191,6 +194,31 @@ def run_sweep(methods, args):
     return sorted(records, key=lambda r: (r["causal"], r["bwd"], r["seqlen"], order[r["method"]]))
 
 
+def merge_runs(runs):
+    """One record per point of several runs' records (their --json lists), in the
+    first run's order: ms the median of the runs' medians, min_ms and max_ms their
+    extremes, runs how many timed it; skipped only where every run skipped it."""
+    groups = {}
+    for records in runs:
+        for r in records:
+            groups.setdefault((r["method"], r["causal"], r["bwd"], r["seqlen"]), []).append(r)
+    merged = []
+    for rs in groups.values():
+        timed = [r for r in rs if r["ms"]]
+        record = dict(rs[0], ms=None, min_ms=None, max_ms=None, tflops=None, ratio_to_best_peer=None,
+                      runs=len(timed))
+        if timed:
+            record.pop("skipped", None)
+            ms = statistics.median(r["ms"] for r in timed)
+            flops = attention_flops(record["batch"], record["seqlen"], record["heads"], record["head_dim"],
+                                    record["causal"], record["bwd"])
+            record.update(ms=ms, min_ms=min(r["min_ms"] for r in timed),
+                          max_ms=max(r["max_ms"] for r in timed), tflops=flops / ms / 1e9)
+        merged.append(record)
+    add_peer_ratios(merged)
+    return merged
+
+
 def add_peer_ratios(records):
     """ratio_to_best_peer for our records: our TFLOPS over the best other method's at that point."""
     def point(r):
@@ -291,6 +319,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first, compilation included")
     p.add_argument("--input-sets", type=int, default=3, help="fresh input sets the runs rotate over")
     p.add_argument("--methods", type=lambda s: [x for x in s.split(",") if x], help="labels to run")
+    p.add_argument("--merge", nargs="+", metavar="RUN.json",
+                   help="time nothing: combine these runs' --json records (median of medians)")
     p.add_argument("--json", help="write all records here")
     p.add_argument("--markdown", help="write the tables here as Markdown")
     p.add_argument("--plot", help="write a PNG of TFLOPS vs seqlen here (needs matplotlib)")
@@ -313,8 +343,18 @@ def describe(args):
 
 
 def main(argv=None):
-    """Runs the sweep; prints the tables, writes the outputs asked for; returns the records."""
+    """Runs the sweep (or merges earlier runs); prints the tables, writes the outputs
+    asked for; returns the records."""
     args = parse_args(argv)
+    if args.merge:
+        runs = []
+        for path in args.merge:
+            with open(path) as f:
+                runs.append(json.load(f))
+        records = merge_runs(runs)
+        description = f"Per point the median of {len(runs)} runs' medians"
+        print(description + "\n\n" + format_tables(records))
+        return write_outputs(records, args, description)
     methods, missing = discover_methods()
     if args.methods:
         for label in set(args.methods) - set(methods) - set(missing):
@@ -326,15 +366,20 @@ def main(argv=None):
     print(describe(args), flush=True)
     records = run_sweep(methods, args)
     print("\n" + format_tables(records))
+    return write_outputs(records, args, describe(args))
+
+
+def write_outputs(records, args, description):
+    """Writes the --json, --markdown and --plot outputs asked for; returns the records."""
     if args.json:
         with open(args.json, "w") as f:
             json.dump(records, f, indent=1)
         print(f"wrote {len(records)} records to {args.json}")
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(f"{describe(args)}.\n\n{format_tables(records, markdown=True)}")
+            f.write(f"{description}.\n\n{format_tables(records, markdown=True)}")
         print(f"wrote {args.markdown}")
-    if args.plot and plot_tflops(records, args.plot, describe(args)):
+    if args.plot and plot_tflops(records, args.plot, description):
         print(f"wrote {args.plot}")
     return records
 
