@@ -7,7 +7,9 @@
 #   tests/device/gpu_check.sh build suite   # ~7 min on 16 cores, then the suite (~5 min), both bindings
 #   tests/device/gpu_check.sh sanitize      # memcheck, racecheck, error report
 #   tests/device/gpu_check.sh sm90          # our Hopper kernels: their tests, FA2's kernels alone, sanitizers
-#   [FA3_WHEEL=flash_attn3_jax-...whl] tests/device/gpu_check.sh bench   # every method, side by side
+#   [FA3_WHEEL=flash_attn3_jax-...whl] [BENCH_RUNS=3] [BENCH_ARGS="--methods ..."] \
+#   tests/device/gpu_check.sh bench         # every method, side by side; with BENCH_RUNS > 1 the
+#                                           # tables are per point the median of the runs (--merge)
 #   tests/device/gpu_check.sh decode        # single-token decoding against a KV cache
 #
 # `build` compiles the C++ package for this host's Python (tests/device/gpu_build.py)
@@ -27,7 +29,7 @@ py=${PYTHON:-python3}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH=$PWD/build/site
 
-[ $# -gt 0 ] || { sed -n '2,11p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,13p' "$0"; exit 2; }
 for phase in "$@"; do
 case "$phase" in
   build)
@@ -71,8 +73,19 @@ case "$phase" in
     ;;
   bench)
     if [ -n "${FA3_WHEEL:-}" ]; then "$py" -m pip install -q --no-index --no-deps "$FA3_WHEEL"; fi
-    "$py" -m jax_flash_attn.bench --json "$out/benchmarks.json" --markdown "$out/benchmarks.md" \
-      --plot "$out/benchmarks.png" 2>&1 | tee "$out/bench.log"
+    runs=${BENCH_RUNS:-1}
+    if [ "$runs" -le 1 ]; then
+      # shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
+      "$py" -m jax_flash_attn.bench ${BENCH_ARGS:-} --json "$out/benchmarks.json" --markdown "$out/benchmarks.md" \
+        --plot "$out/benchmarks.png" 2>&1 | tee "$out/bench.log"
+    else
+      for run in $(seq "$runs"); do
+        # shellcheck disable=SC2086
+        "$py" -m jax_flash_attn.bench ${BENCH_ARGS:-} --json "$out/bench-run$run.json" 2>&1 | tee "$out/bench-run$run.log"
+      done
+      "$py" -m jax_flash_attn.bench --merge $(seq -f "$out/bench-run%g.json" "$runs") --json "$out/benchmarks.json" \
+        --markdown "$out/benchmarks.md" --plot "$out/benchmarks.png" 2>&1 | tee "$out/bench.log"
+    fi
     ;;
   decode)
     "$py" tests/device/decode_bench.py jax_flash_attn --markdown "$out/decode.md" 2>&1 | tee "$out/decode.log"
