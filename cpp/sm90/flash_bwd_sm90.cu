@@ -420,14 +420,14 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   }
 }
 
-// Before the main kernel: BwdArgs::row_stats (lse * log2(e) and D =
-// rowsum(dO * O) per query row, padded to padded_q rows per (batch, head))
-// and zeros in dq_accum, where each row clears D floats of its (batch, head)'s
-// m_rows. One warp per row, each lane D / 32 elements of it.
+// Before the main kernel: BwdArgs::row_stats (`rows` lse * log2(e), padded to
+// padded_q rows per (batch, head), then as many D = rowsum(dO * O)) and zeros
+// in dq_accum, where each row clears D floats of its (batch, head)'s m_rows.
+// One warp per row, each lane D / 32 elements of it.
 template <bool kBf16, int D>
 __global__ void bwd_prep_kernel(const void* out, const void* dout, const float* lse, float* stats,
-                                float* dq_accum, int64_t stats_stride, int64_t rows, int heads,
-                                int seqlen_q, int padded_q, int m_rows) {
+                                float* dq_accum, int64_t rows, int heads, int seqlen_q, int padded_q,
+                                int m_rows) {
   static_assert(D % 128 == 0, "a lane reads whole 8-byte pieces");
   const int64_t row = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;  // [batch, heads, padded_q]
   if (row >= rows) return;
@@ -454,7 +454,7 @@ __global__ void bwd_prep_kernel(const void* out, const void* dout, const float* 
   for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffff, sum, o);
   if (lane == 0) {
     stats[row] = i < seqlen_q ? lse[bh * seqlen_q + i] * 1.44269504f : INFINITY;
-    stats[row + stats_stride] = sum;
+    stats[row + rows] = sum;
   }
 }
 
@@ -503,10 +503,9 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
   const BwdScratch scratch = bwd_scratch_elems(p.batch, p.heads, p.seqlen_q, D);
   const int64_t stat_rows = scratch.row_stats / 2;  // [batch, heads, padded_q]
   const int padded_q = static_cast<int>(stat_rows / (int64_t(p.batch) * p.heads));
-  const int m_rows = (p.seqlen_q + BM - 1) / BM * BM;  // dq_accum's rows per (batch, head)
+  const int m_blocks = (p.seqlen_q + BM - 1) / BM;  // dq_accum holds m_blocks * BM rows per (batch, head)
   bwd_prep_kernel<kBf16, D><<<(stat_rows + 7) / 8, 256, 0, stream>>>(
-      p.out, p.dout, p.lse, p.softmax_d, p.dq_accum, stat_rows, stat_rows, p.heads, p.seqlen_q, padded_q,
-      m_rows);
+      p.out, p.dout, p.lse, p.softmax_d, p.dq_accum, stat_rows, p.heads, p.seqlen_q, padded_q, m_blocks * BM);
 
   BwdArgs a;
   set_problem(a, p);
@@ -524,7 +523,7 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
   const dim3 grid((p.seqlen_k + kBwdBlockN - 1) / kBwdBlockN, p.heads, p.batch);
   kernel<<<grid, kBwdThreads, smem, stream>>>(q_map, k_map, v_map, do_map, a);
 
-  const dim3 convert_grid(2 * ((p.seqlen_q + BM - 1) / BM), p.heads, p.batch);
+  const dim3 convert_grid(2 * m_blocks, p.heads, p.batch);
   dq_convert_kernel<kBf16, BM><<<convert_grid, 128, 0, stream>>>(p.dq_accum, p.dq, p.heads, p.seqlen_q,
                                                                  p.softmax_scale);
   return cudaPeekAtLastError();
