@@ -268,8 +268,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (lane == 0) mbar_arrive(bar);
   };
 
-  // Normalise, write O and the log-sum-exp of the tile's rows.
+  // Normalise, write O and the log-sum-exp of the tile's rows. A quad (lanes
+  // 4q .. 4q + 3) holds a row's 8-column groups as one word each; swapping
+  // words across the quad gives lane c groups 4t + c whole, for 16-byte
+  // stores (every lane takes part in the shuffles, valid row or not).
   auto epilogue = [&](const Tile& x) {
+    const int c = lane % 4;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       float sum = row_sum[r];
@@ -278,19 +282,30 @@ __global__ void __launch_bounds__(kThreads, 1)
       const bool empty_row = sum == 0.f || row_max[r] == -INFINITY;
       const float inv = empty_row ? 0.f : 1.f / sum;
       const int row = row0 + 8 * r;
-      if (row < a.seqlen_q) {
-        uint32_t* out_row = reinterpret_cast<uint32_t*>(
-            static_cast<unsigned char*>(a.out) +
-            ((static_cast<int64_t>(x.batch) * a.seqlen_q + row) * a.heads + x.head) * D * 2);
+      uint4* out_row = reinterpret_cast<uint4*>(
+          static_cast<unsigned char*>(a.out) +
+          ((static_cast<int64_t>(x.batch) * a.seqlen_q + row) * a.heads + x.head) * D * 2);
 #pragma unroll
-        for (int j = 0; j < D / 8; ++j)
-          out_row[(8 * j + col_in_block) / 2] =
-              pack<kBf16>(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
-        if (lane % 4 == 0) {
-          a.lse[static_cast<int64_t>(x.batch * a.heads + x.head) * a.seqlen_q + row] =
-              empty_row ? INFINITY : row_max[r] * a.scale + logf(sum);
+      for (int t = 0; t < D / 32; ++t) {
+        uint32_t w[4], mine[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+          w[k] = pack<kBf16>(o[4 * (4 * t + k) + 2 * r] * inv, o[4 * (4 * t + k) + 2 * r + 1] * inv);
+#pragma unroll
+        for (int swap = 0; swap < 4; ++swap) {
+          // To lane c ^ swap its group's word; from it, word c ^ swap of group 4t + c.
+          const int k = c ^ swap;
+          const uint32_t send = k == 0 ? w[0] : k == 1 ? w[1] : k == 2 ? w[2] : w[3];
+          const uint32_t got = swap == 0 ? send : __shfl_xor_sync(0xffffffff, send, swap);
+#pragma unroll
+          for (int m = 0; m < 4; ++m)
+            if (m == k) mine[m] = got;
         }
+        if (row < a.seqlen_q) out_row[4 * t + c] = make_uint4(mine[0], mine[1], mine[2], mine[3]);
       }
+      if (row < a.seqlen_q && c == 0)
+        a.lse[static_cast<int64_t>(x.batch * a.heads + x.head) * a.seqlen_q + row] =
+            empty_row ? INFINITY : row_max[r] * a.scale + logf(sum);
     }
   };
 
