@@ -1,8 +1,7 @@
 // Hopper-native attention forward (sm_90a), our own kernel.
 //
 // A CTA computes tiles of 128 query rows of one (batch, head) against every
-// key block they can see: one tile when a mask makes tiles unequal work,
-// otherwise one CTA per SM walks the tiles in turn. Three warpgroups:
+// key block they can see; one CTA per SM walks the tiles. Three warpgroups:
 //   producer  (warps 0-3): one thread issues TMA loads of Q per tile and of K/V
 //             blocks into a ring of shared-memory stages, completion counted
 //             by transaction bytes on mbarriers; the warpgroup gives up most
@@ -20,6 +19,7 @@
 #include "flash_sm90.h"
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -32,6 +32,19 @@ namespace {
 constexpr int kBlockM = 128;  // query rows per CTA
 constexpr int kThreads = 384;  // three warpgroups
 
+constexpr int kMaxCtas = 256;  // of a masked call: one per SM
+
+// Masked calls' tiles are unequal work, so CTAs claim them as they free up:
+// `next` counts the claims after every CTA's first tile, `done` the CTAs
+// that found none left, and the last of those resets both for the next
+// call. ids: each CTA's producer hands its consumers tile ids in two slots,
+// in global memory, which racecheck leaves alone: it reports a handoff
+// through shared memory under mbarriers and under named barriers alike.
+struct TileQueue {
+  unsigned next, done;
+  int ids[kMaxCtas][2];
+};
+
 // ---------------------------------------------------------------------------
 
 struct Args {
@@ -42,6 +55,8 @@ struct Args {
   float scale;
   int window_left, window_right;
   int m_blocks, tiles;  // query blocks per (batch, head); tiles = batch * heads * m_blocks
+  int batch_heads, group_bh;  // tiles run longest first within groups of group_bh (batch, head)
+  TileQueue* queue;           // masked calls; else CTA c takes tiles c, c + gridDim.x, ...
 };
 
 template <int D, int kBlockN, int kStages>
@@ -49,8 +64,9 @@ struct Smem {
   static constexpr int kQBytes = kBlockM * D * 2;
   static constexpr int kKVBytes = kBlockN * D * 2;
   static constexpr int kBarOffset = kQBytes + 2 * kStages * kKVBytes;
-  // q_full, q_empty, then k_full, v_full, k_empty, v_empty per stage.
-  static constexpr int kBytes = kBarOffset + 8 * (2 + 4 * kStages) + 1024;  // + alignment slack
+  // q_full, q_empty, then k_full, v_full, k_empty, v_empty per stage, then
+  // tile_full and tile_empty per slot of the tile ids.
+  static constexpr int kBytes = kBarOffset + 8 * (2 + 4 * kStages + 4) + 1024;  // + alignment slack
 };
 
 // Key blocks [lo, hi) that rows [row_lo, row_hi] of a query block can see.
@@ -91,19 +107,25 @@ __global__ void __launch_bounds__(kThreads, 1)
   // consumers' S products are done, a block earlier than its V.
   uint64_t* k_empty = bars + 2 + 2 * kStages;
   uint64_t* v_empty = bars + 2 + 3 * kStages;
+  // Masked calls: tile ids pass from the producer to the consumers through
+  // two slots in global memory, as full and empty pairs of these.
+  uint64_t* tile_full = bars + 2 + 4 * kStages;
+  uint64_t* tile_empty = tile_full + 2;
   const int warpgroup = warpgroup_index();
 
-  // The CTA walks tiles blockIdx.x, + gridDim.x, ... (one tile each unless
-  // the launch made the grid persistent). Tile t is query block
-  // m_blocks - 1 - t % m_blocks (longest first: with causal masks, late
-  // query blocks see most keys) of (batch, head) = t / m_blocks.
+  // Tiles run in groups of group_bh (batch, head) pairs (whose keys fit in
+  // L2); within a group, the query blocks that see most keys (the last, with
+  // causal masks) come first, over all its pairs.
   struct Tile {
     int m0, head, batch, n_lo, n_blocks;
   };
   auto tile = [&](int t) {
     Tile x;
-    const int bh = t / a.m_blocks;
-    x.m0 = (a.m_blocks - 1 - t % a.m_blocks) * kBlockM;
+    const int per_group = a.group_bh * a.m_blocks;
+    const int g = t / per_group, r = t - g * per_group;
+    const int g_size = min(a.group_bh, a.batch_heads - g * a.group_bh);
+    const int bh = g * a.group_bh + r % g_size;
+    x.m0 = (a.m_blocks - 1 - r / g_size) * kBlockM;
     x.head = bh % a.heads;
     x.batch = bh / a.heads;
     int n_hi;
@@ -121,6 +143,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       mbar_init(&k_empty[s], 8);  // one arrival per consumer warp
       mbar_init(&v_empty[s], 8);
     }
+    for (int s = 0; s < 2; ++s) {
+      mbar_init(&tile_full[s], 1);
+      mbar_init(&tile_empty[s], 8);  // one arrival per consumer warp
+    }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
   __syncthreads();
@@ -134,30 +160,55 @@ __global__ void __launch_bounds__(kThreads, 1)
       prefetch_map(&k_map);
       prefetch_map(&v_map);
       int it = 0, q_uses = 0;
-      for (int t = blockIdx.x; t < a.tiles; t += gridDim.x) {
-        const Tile x = tile(t);
-        if (x.n_blocks == 0) continue;  // its rows see no key: the consumers write them alone
-        if (q_uses > 0) mbar_wait(q_empty, (q_uses - 1) & 1);
-        ++q_uses;
-        mbar_expect_tx(q_full, L::kQBytes);
-        for (int c = 0; c < kBoxes; ++c)
-          tma_load(sQ + c * kBlockM * kBoxRowBytes, &q_map, q_full, c * kBoxCols, x.head, x.m0, x.batch);
+      auto load_block = [&](const Tile& x, int i) {
+        const int s = it % kStages, use = it / kStages;
+        const int n0 = (x.n_lo + x.n_blocks - 1 - i) * kBlockN;
         const int head_k = x.head / a.group;
-        for (int i = 0; i < x.n_blocks; ++i, ++it) {
-          const int s = it % kStages, use = it / kStages;
-          const int n0 = (x.n_lo + x.n_blocks - 1 - i) * kBlockN;
-          unsigned char* k_dst = sK + s * L::kKVBytes;
-          unsigned char* v_dst = sV + s * L::kKVBytes;
-          if (use > 0) mbar_wait(&k_empty[s], (use - 1) & 1);
-          mbar_expect_tx(&k_full[s], L::kKVBytes);
+        unsigned char* k_dst = sK + s * L::kKVBytes;
+        unsigned char* v_dst = sV + s * L::kKVBytes;
+        if (use > 0) mbar_wait(&k_empty[s], (use - 1) & 1);
+        mbar_expect_tx(&k_full[s], L::kKVBytes);
+        for (int c = 0; c < kBoxes; ++c)
+          tma_load(k_dst + c * kBlockN * kBoxRowBytes, &k_map, &k_full[s], c * kBoxCols, head_k, n0, x.batch);
+        if (use > 0) mbar_wait(&v_empty[s], (use - 1) & 1);
+        mbar_expect_tx(&v_full[s], L::kKVBytes);
+        for (int c = 0; c < kBoxes; ++c)
+          tma_load(v_dst + c * kBlockN * kBoxRowBytes, &v_map, &v_full[s], c * kBoxCols, head_k, n0, x.batch);
+        ++it;
+      };
+      // The consumers' k-th tile id, through global memory (the mbarrier's
+      // release orders the store before the arrival).
+      auto publish = [&](int k, int t) {
+        if (k >= 2) mbar_wait(&tile_empty[k & 1], ((k >> 1) - 1) & 1);
+        a.queue->ids[blockIdx.x][k & 1] = t;
+        mbar_arrive(&tile_full[k & 1]);
+      };
+      if (a.queue) publish(0, blockIdx.x);
+      for (int t = blockIdx.x, k = 0; t < a.tiles; ++k) {
+        const Tile x = tile(t);
+        if (x.n_blocks > 0) {
+          if (q_uses > 0) mbar_wait(q_empty, (q_uses - 1) & 1);
+          ++q_uses;
+          mbar_expect_tx(q_full, L::kQBytes);
           for (int c = 0; c < kBoxes; ++c)
-            tma_load(k_dst + c * kBlockN * kBoxRowBytes, &k_map, &k_full[s], c * kBoxCols, head_k,
-                     n0, x.batch);
-          if (use > 0) mbar_wait(&v_empty[s], (use - 1) & 1);
-          mbar_expect_tx(&v_full[s], L::kKVBytes);
-          for (int c = 0; c < kBoxes; ++c)
-            tma_load(v_dst + c * kBlockN * kBoxRowBytes, &v_map, &v_full[s], c * kBoxCols, head_k,
-                     n0, x.batch);
+            tma_load(sQ + c * kBlockM * kBoxRowBytes, &q_map, q_full, c * kBoxCols, x.head, x.m0, x.batch);
+        }
+        // Claimed now and published after the first block's loads, which
+        // hide the atomic's latency; an id past the end stops the consumers.
+        const int next = a.queue ? gridDim.x + atomicAdd(&a.queue->next, 1u) : t + gridDim.x;
+        for (int i = 0; i < x.n_blocks; ++i) {
+          load_block(x, i);
+          if (i == 0 && a.queue) publish(k + 1, next);
+        }
+        if (x.n_blocks == 0 && a.queue) publish(k + 1, next);  // its rows see no key: the consumers write them alone
+        t = next;
+      }
+      if (a.queue) {
+        // Every CTA has made its last claim before it counts itself done.
+        __threadfence();
+        if (atomicAdd(&a.queue->done, 1u) == gridDim.x - 1) {
+          a.queue->next = 0;
+          a.queue->done = 0;
         }
       }
     }
@@ -315,21 +366,33 @@ __global__ void __launch_bounds__(kThreads, 1)
   // tensor cores. A tile of n blocks has n + 1 slots: slot 0 is block 0's S;
   // slot i is block i's S with block i - 1's P V; slot n is the last P V.
   // The turns run on across the CTA's tiles, so that neither consumer can
-  // pass twice before the other has waited.
+  // pass twice before the other has waited; warpgroup 0 takes warpgroup 1's
+  // last pass after the last tile.
   bool first_slot = true;  // of the CTA
   auto begin_turn = [&] {
     if (!(wg == 0 && first_slot)) turn_wait(wg);
     first_slot = false;
   };
-  auto end_turn = [&](bool last_slot) {
-    if (!(wg == 1 && last_slot)) turn_pass(wg);
-  };
+  auto end_turn = [&] { turn_pass(wg); };
   // Stage of block `it` counted over the CTA's tiles, as the producer counts.
   auto stage = [](int it) { return it % kStages; };
   auto phase = [](int it) { return (it / kStages) & 1; };
 
+  // With a queue, tile k's id comes from the producer; the loop reads tile
+  // k + 1's during tile k, before the epilogue, whose stores hide the read.
+  // Broadcast from lane 0, so that the compiler knows that the warp agrees on
+  // it (else it reconverges around every wgmma: -8%).
+  auto fetch = [&](int k) {
+    mbar_wait(&tile_full[k & 1], (k >> 1) & 1);
+    return *static_cast<volatile int*>(&a.queue->ids[blockIdx.x][k & 1]);
+  };
+  int t = blockIdx.x;
+  if (a.queue) {
+    t = __shfl_sync(0xffffffffu, fetch(0), 0);
+    release(&tile_empty[0]);
+  }
   int it = 0, q_uses = 0;
-  for (int t = blockIdx.x; t < a.tiles; t += gridDim.x) {
+  for (int k = 0; t < a.tiles; ++k) {
     const Tile x = tile(t);
     row0 = x.m0 + wg * 64 + warp * 16 + lane / 4;
     wg_row_lo = x.m0 + wg * 64;
@@ -341,16 +404,13 @@ __global__ void __launch_bounds__(kThreads, 1)
 
     const int n = x.n_blocks;
     if (n > 0) {
-      // The CTA's last slot: no later tile of this CTA has a key block.
-      bool last_tile = true;
-      for (int u = t + gridDim.x; u < a.tiles && last_tile; u += gridDim.x) last_tile = tile(u).n_blocks == 0;
       const int n_top = x.n_lo + n - 1;  // blocks run from the last key block down
       mbar_wait(q_full, q_uses & 1);
       ++q_uses;
       mbar_wait(&k_full[stage(it)], phase(it));
       begin_turn();
       issue_s(stage(it));
-      end_turn(false);
+      end_turn();
       wgmma_wait<0>();
       pin(s_acc);
       release(&k_empty[stage(it)]);
@@ -365,7 +425,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         begin_turn();
         issue_s(s);
         issue_pv(prev);
-        end_turn(false);
+        end_turn();
         wgmma_wait<1>();  // S of block i is done; P V of block i - 1 may still run
         pin(s_acc);
         release(&k_empty[s]);
@@ -382,16 +442,35 @@ __global__ void __launch_bounds__(kThreads, 1)
       mbar_wait(&v_full[last], phase(it + n - 1));
       begin_turn();
       issue_pv(last);
-      end_turn(last_tile);
+      end_turn();
       wgmma_wait<0>();
       pin(o);
       pin(p);
       release(&v_empty[last]);
       it += n;
     }
+    const int next = a.queue ? fetch(k + 1) : t + gridDim.x;
     epilogue(x);
+    if (a.queue) release(&tile_empty[(k + 1) & 1]);
+    t = __shfl_sync(0xffffffffu, next, 0);
   }
+  if (wg == 0 && !first_slot) turn_wait(0);
 }
+
+// Calls take the queues in turn, so that calls running at once on different
+// streams use different ones (up to kQueues in flight).
+constexpr int kQueues = 64;
+__device__ TileQueue g_tile_queues[kQueues];
+
+cudaError_t next_queue(TileQueue** queue) {
+  static std::atomic<unsigned> next{0};
+  TileQueue* base = nullptr;
+  const cudaError_t e = cudaGetSymbolAddress(reinterpret_cast<void**>(&base), g_tile_queues);
+  if (e != cudaSuccess) return e;
+  *queue = base + next.fetch_add(1, std::memory_order_relaxed) % kQueues;
+  return cudaSuccess;
+}
+
 template <bool kBf16, int D, int kBlockN, int kStages>
 cudaError_t launch(const FwdParams& p, cudaStream_t stream) {
   CUtensorMap q_map, k_map, v_map;
@@ -414,20 +493,28 @@ cudaError_t launch(const FwdParams& p, cudaStream_t stream) {
   const int64_t tiles = int64_t(a.m_blocks) * p.heads * p.batch;
   if (tiles > INT32_MAX) return cudaErrorInvalidValue;
   a.tiles = static_cast<int>(tiles);
-  // Without a mask every tile is the same work: one CTA per SM walks them,
-  // loading a tile's Q and first key blocks while the last one finishes
-  // (H200, d 128: +11% at seqlen 512, +5% at 1k, within noise from 4k up).
-  // With a mask the work varies by tile, and one CTA per tile lets the
-  // hardware hand each SM the next tile as it frees up.
-  int grid = a.tiles;
-  if (p.window_left < 0 && p.window_right < 0) {
-    int device = 0, sms = 0;
-    if ((e = cudaGetDevice(&device)) != cudaSuccess ||
-        (e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess)
-      return e;
-    grid = std::min(grid, sms);
-  }
+  // One CTA per SM walks the tiles, loading a tile's Q and first key blocks
+  // while the last one finishes (H200, d 128, unmasked: +11% at seqlen 512,
+  // +5% at 1k). Unmasked tiles are equal work and go round by a fixed
+  // stride. Masked ones take longest first from a queue, in groups of heads
+  // whose K and V fit in 32 MB of L2 (H200, causal, against one CTA per
+  // tile: +18% at 512, +16% at 1k, +7% at 4k, -2% at 16k).
+  a.batch_heads = p.batch * p.heads;
+  a.group_bh = 1;
+  a.queue = nullptr;
+  int device = 0, sms = 0;
+  if ((e = cudaGetDevice(&device)) != cudaSuccess ||
+      (e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess)
+    return e;
+  int grid = std::min(a.tiles, sms);
   if (grid == 0) return cudaSuccess;
+  if (p.window_left >= 0 || p.window_right >= 0) {
+    const int64_t kv_bytes = int64_t(p.seqlen_k) * D * 2 * 2 / a.group;  // a query head's share
+    a.group_bh = static_cast<int>(std::clamp<int64_t>((int64_t{32} << 20) / std::max<int64_t>(kv_bytes, 1), 1,
+                                                      a.batch_heads));
+    grid = std::min(grid, kMaxCtas);
+    if ((e = next_queue(&a.queue)) != cudaSuccess) return e;
+  }
   kernel<<<grid, kThreads, smem, stream>>>(q_map, k_map, v_map, a);
   return cudaPeekAtLastError();
 }

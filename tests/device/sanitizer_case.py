@@ -3,7 +3,8 @@
 usage: compute-sanitizer --tool memcheck --kernel-name kns=flash python sanitizer_case.py PACKAGE
 Odd sizes on purpose: partial tiles at every edge, GQA, causal and windowed, and
 ALiBi with the deterministic backward and an lse gradient, more query tiles than an
-H100 has SMs (the Hopper forward then walks several per CTA); then split-KV decoding
+H100 has SMs, unmasked and causal (the Hopper forward then walks several per CTA, by a
+fixed stride or from its tile queue); then split-KV decoding
 against contiguous and paged caches, with appends and several splits.
 """
 
@@ -19,6 +20,7 @@ for (b, sq, sk, h, hk, d), options in [((2, 77, 133, 4, 2, 128), dict(is_causal=
                                         ((1, 130, 65, 2, 1, 128), dict(window_size=(20, 3))),
                                         ((1, 1, 300, 2, 2, 100), {}),
                                         ((1, 600, 600, 32, 8, 128), {}),
+                                        ((1, 600, 600, 32, 8, 128), dict(is_causal=True)),
                                         ((2, 99, 99, 4, 4, 128), dict(alibi_slopes=np.float32([.5, .25, .125, .0625]),
                                                                       deterministic=True, return_lse=True))]:
     q = jnp.asarray(rng.standard_normal((b, sq, h, d)), jnp.bfloat16)
