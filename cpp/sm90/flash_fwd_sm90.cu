@@ -1,7 +1,9 @@
 // Hopper-native attention forward (sm_90a), our own kernel.
 //
 // A CTA computes tiles of 128 query rows of one (batch, head) against every
-// key block they can see; one CTA per SM walks the tiles. Three warpgroups:
+// key block they can see; one CTA per SM walks the tiles (by a fixed stride,
+// or for masked calls, whose tiles differ in work, from a queue). Three
+// warpgroups:
 //   producer  (warps 0-3): one thread issues TMA loads of Q per tile and of K/V
 //             blocks into a ring of shared-memory stages, completion counted
 //             by transaction bytes on mbarriers; the warpgroup gives up most
