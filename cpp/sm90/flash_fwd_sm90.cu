@@ -500,7 +500,7 @@ cudaError_t launch(const FwdParams& p, cudaStream_t stream) {
   // +5% at 1k). Unmasked tiles are equal work and go round by a fixed
   // stride. Masked ones take longest first from a queue, in groups of heads
   // whose K and V fit in 32 MB of L2 (H200, causal, against one CTA per
-  // tile: +18% at 512, +16% at 1k, +7% at 4k, -2% at 16k).
+  // tile: +18% at 512, +16% at 1k, +8% at 4k, -3% at 16k).
   a.batch_heads = p.batch * p.heads;
   a.group_bh = 1;
   a.queue = nullptr;
