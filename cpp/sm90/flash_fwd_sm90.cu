@@ -58,7 +58,7 @@ struct Args {
   int window_left, window_right;
   int m_blocks, tiles;  // query blocks per (batch, head); tiles = batch * heads * m_blocks
   int batch_heads, group_bh;  // tiles run longest first within groups of group_bh (batch, head)
-  TileQueue* queue;           // masked calls; else CTA c takes tiles c, c + gridDim.x, ...
+  TileQueue* queue;           // kQueue kernels (masked calls)
 };
 
 template <int D, int kBlockN, int kStages>
@@ -82,7 +82,11 @@ __device__ __forceinline__ void key_range(const Args& a, int row_lo, int row_hi,
   *hi = last <= 0 ? 0 : (last + block_n - 1) / block_n;
 }
 
-template <bool kBf16, int D, int kBlockN, int kStages>
+// kQueue: CTAs claim tiles from a.queue, longest first in groups of
+// a.group_bh (batch, head) pairs (masked calls); else CTA c takes tiles c,
+// c + gridDim.x, ... (unmasked calls, whose tiles are equal work: a separate
+// kernel, because the queue's code costs them 1-2% at 512-2k).
+template <bool kBf16, int D, int kBlockN, int kStages, bool kQueue>
 __global__ void __launch_bounds__(kThreads, 1)
     flash_fwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
                const __grid_constant__ CUtensorMap v_map, const Args a) {
@@ -123,11 +127,18 @@ __global__ void __launch_bounds__(kThreads, 1)
   };
   auto tile = [&](int t) {
     Tile x;
-    const int per_group = a.group_bh * a.m_blocks;
-    const int g = t / per_group, r = t - g * per_group;
-    const int g_size = min(a.group_bh, a.batch_heads - g * a.group_bh);
-    const int bh = g * a.group_bh + r % g_size;
-    x.m0 = (a.m_blocks - 1 - r / g_size) * kBlockM;
+    int bh, m;  // m: query blocks from the last
+    if constexpr (kQueue) {
+      const int per_group = a.group_bh * a.m_blocks;
+      const int g = t / per_group, r = t - g * per_group;
+      const int g_size = min(a.group_bh, a.batch_heads - g * a.group_bh);
+      bh = g * a.group_bh + r % g_size;
+      m = r / g_size;
+    } else {
+      bh = t / a.m_blocks;
+      m = t - bh * a.m_blocks;
+    }
+    x.m0 = (a.m_blocks - 1 - m) * kBlockM;
     x.head = bh % a.heads;
     x.batch = bh / a.heads;
     int n_hi;
@@ -185,7 +196,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         a.queue->ids[blockIdx.x][k & 1] = t;
         mbar_arrive(&tile_full[k & 1]);
       };
-      if (a.queue) publish(0, blockIdx.x);
+      if (kQueue) publish(0, blockIdx.x);
       for (int t = blockIdx.x, k = 0; t < a.tiles; ++k) {
         const Tile x = tile(t);
         if (x.n_blocks > 0) {
@@ -197,15 +208,14 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
         // Claimed now and published after the first block's loads, which
         // hide the atomic's latency; an id past the end stops the consumers.
-        const int next = a.queue ? gridDim.x + atomicAdd(&a.queue->next, 1u) : t + gridDim.x;
-        for (int i = 0; i < x.n_blocks; ++i) {
-          load_block(x, i);
-          if (i == 0 && a.queue) publish(k + 1, next);
-        }
-        if (x.n_blocks == 0 && a.queue) publish(k + 1, next);  // its rows see no key: the consumers write them alone
+        // A tile may have no key block: the consumers write its rows alone.
+        const int next = kQueue ? gridDim.x + atomicAdd(&a.queue->next, 1u) : t + gridDim.x;
+        if (x.n_blocks > 0) load_block(x, 0);
+        if (kQueue) publish(k + 1, next);
+        for (int i = 1; i < x.n_blocks; ++i) load_block(x, i);
         t = next;
       }
-      if (a.queue) {
+      if (kQueue) {
         // Every CTA has made its last claim before it counts itself done.
         __threadfence();
         if (atomicAdd(&a.queue->done, 1u) == gridDim.x - 1) {
@@ -389,7 +399,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     return *static_cast<volatile int*>(&a.queue->ids[blockIdx.x][k & 1]);
   };
   int t = blockIdx.x;
-  if (a.queue) {
+  if (kQueue) {
     t = __shfl_sync(0xffffffffu, fetch(0), 0);
     release(&tile_empty[0]);
   }
@@ -451,9 +461,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       release(&v_empty[last]);
       it += n;
     }
-    const int next = a.queue ? fetch(k + 1) : t + gridDim.x;
+    const int next = kQueue ? fetch(k + 1) : t + gridDim.x;
     epilogue(x);
-    if (a.queue) release(&tile_empty[(k + 1) & 1]);
+    if (kQueue) release(&tile_empty[(k + 1) & 1]);
     t = __shfl_sync(0xffffffffu, next, 0);
   }
   if (wg == 0 && !first_slot) turn_wait(0);
@@ -486,11 +496,6 @@ cudaError_t launch(const FwdParams& p, cudaStream_t stream) {
   a.out = p.out;
   a.lse = p.lse;
 
-  auto kernel = flash_fwd_kernel<kBf16, D, kBlockN, kStages>;
-  constexpr int smem = Smem<D, kBlockN, kStages>::kBytes;
-  if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem)) !=
-      cudaSuccess)
-    return e;
   a.m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;
   const int64_t tiles = int64_t(a.m_blocks) * p.heads * p.batch;
   if (tiles > INT32_MAX) return cudaErrorInvalidValue;
@@ -510,13 +515,20 @@ cudaError_t launch(const FwdParams& p, cudaStream_t stream) {
     return e;
   int grid = std::min(a.tiles, sms);
   if (grid == 0) return cudaSuccess;
-  if (p.window_left >= 0 || p.window_right >= 0) {
+  const bool masked = p.window_left >= 0 || p.window_right >= 0;
+  if (masked) {
     const int64_t kv_bytes = int64_t(p.seqlen_k) * D * 2 * 2 / a.group;  // a query head's share
     a.group_bh = static_cast<int>(std::clamp<int64_t>((int64_t{32} << 20) / std::max<int64_t>(kv_bytes, 1), 1,
                                                       a.batch_heads));
     grid = std::min(grid, kMaxCtas);
     if ((e = next_queue(&a.queue)) != cudaSuccess) return e;
   }
+  auto kernel = masked ? flash_fwd_kernel<kBf16, D, kBlockN, kStages, true>
+                       : flash_fwd_kernel<kBf16, D, kBlockN, kStages, false>;
+  constexpr int smem = Smem<D, kBlockN, kStages>::kBytes;
+  if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem)) !=
+      cudaSuccess)
+    return e;
   kernel<<<grid, kThreads, smem, stream>>>(q_map, k_map, v_map, a);
   return cudaPeekAtLastError();
 }
