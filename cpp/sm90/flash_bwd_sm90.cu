@@ -25,6 +25,7 @@
 
 #include "flash_sm90.h"
 
+#include <climits>
 #include <cmath>
 #include <cstdint>
 
@@ -286,6 +287,13 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     const float next_stat = stat_load(i + 2);
     // Columns are queries q0 + 8 j + col + e: lse * log2(e) at st[8 j + col + e], D BM further.
     const float* st = stats_smem + (i % 3) * 2 * BM;
+    // This block's lse, read before the products are issued. Read after S,
+    // the ten loads had one register between them (at 240 per thread) and ran
+    // one after another behind the other consumer's operand reads: the
+    // exponentials took 1470 cycles of a 6500-cycle step (docs/hopper-notes.md, b15).
+    float2 lse[BM / 8];
+#pragma unroll
+    for (int j = 0; j < BM / 8; ++j) lse[j] = *reinterpret_cast<const float2*>(st + 8 * j + col);
     // Warpgroup 1 issues its S and dP products after warpgroup 0's, so that
     // the first one's softmax overlaps the second one's products.
     if (wg == 1) s_dp_turn_wait();
@@ -300,21 +308,33 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     const bool full = wg_key_hi < a.seqlen_k && q0 + BM <= a.seqlen_q &&
                       (a.window_left < 0 || wg_key_lo >= q0 + BM - 1 + offset - a.window_left) &&
                       (a.window_right < 0 || wg_key_hi <= q0 + offset + a.window_right);
+    if (full) {
 #pragma unroll
-    for (int j = 0; j < BM / 8; ++j) {
-      const float2 l = *reinterpret_cast<const float2*>(st + 8 * j + col);
+      for (int j = 0; j < BM / 8; ++j)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = exp2f(fmaf(s_acc[4 * j + e], a.scale_log2, -(e % 2 ? l.y : l.x)));
-        if (!full) {
-          const int key = key0 + 8 * (e / 2), q = q0 + 8 * j + col + (e % 2);
-          const bool visible = key < a.seqlen_k &&
-                               (a.window_left < 0 || key >= q + offset - a.window_left) &&
-                               (a.window_right < 0 || key <= q + offset + a.window_right);
-          if (!visible) x = 0.f;
-        }
-        s_acc[4 * j + e] = x;
+        for (int e = 0; e < 4; ++e)
+          s_acc[4 * j + e] = exp2f(fmaf(s_acc[4 * j + e], a.scale_log2, -(e % 2 ? lse[j].y : lse[j].x)));
+    } else {
+      // Key row r (key0 + 8 r) sees queries [q_min[r], q_max[r]]; columns are
+      // queries q0 + col + 8 j + e % 2. (A visibility test per element inside
+      // one loop for both cases cost the masked kernel 4-11%, b15.)
+      int q_min[2], q_max[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int key = key0 + 8 * r;
+        q_min[r] = a.window_right < 0 ? INT_MIN : key - offset - a.window_right - q0 - col;
+        q_max[r] = key >= a.seqlen_k      ? INT_MIN
+                   : a.window_left < 0 ? INT_MAX
+                                       : key - offset + a.window_left - q0 - col;
       }
+#pragma unroll
+      for (int j = 0; j < BM / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int q = 8 * j + e % 2, r = e / 2;
+          const float x = exp2f(fmaf(s_acc[4 * j + e], a.scale_log2, -(e % 2 ? lse[j].y : lse[j].x)));
+          s_acc[4 * j + e] = q >= q_min[r] && q <= q_max[r] ? x : 0.f;
+        }
     }
     wgmma_wait<0>();
     pin(dp_acc);
