@@ -84,8 +84,9 @@ __device__ __forceinline__ void key_range(const Args& a, int row_lo, int row_hi,
 
 // kQueue: CTAs claim tiles from a.queue, longest first in groups of
 // a.group_bh (batch, head) pairs (masked calls); else CTA c takes tiles c,
-// c + gridDim.x, ... (unmasked calls, whose tiles are equal work: a separate
-// kernel, because the queue's code costs them 1-2% at 512-2k).
+// c + gridDim.x, ... (unmasked calls, whose tiles are equal work). Two
+// kernels rather than one with a runtime switch: without the queue's code the
+// unmasked one runs 2-6% faster (H200, docs/hopper-notes.md, v8).
 template <bool kBf16, int D, int kBlockN, int kStages, bool kQueue>
 __global__ void __launch_bounds__(kThreads, 1)
     flash_fwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
