@@ -308,12 +308,15 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     const bool full = wg_key_hi < a.seqlen_k && q0 + BM <= a.seqlen_q &&
                       (a.window_left < 0 || wg_key_lo >= q0 + BM - 1 + offset - a.window_left) &&
                       (a.window_right < 0 || wg_key_hi <= q0 + offset + a.window_right);
+    // P^T at element e of column group j, before any mask.
+    auto exp_of = [&](int j, int e) {
+      return exp2f(fmaf(s_acc[4 * j + e], a.scale_log2, -(e % 2 ? lse[j].y : lse[j].x)));
+    };
     if (full) {
 #pragma unroll
       for (int j = 0; j < BM / 8; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e)
-          s_acc[4 * j + e] = exp2f(fmaf(s_acc[4 * j + e], a.scale_log2, -(e % 2 ? lse[j].y : lse[j].x)));
+        for (int e = 0; e < 4; ++e) s_acc[4 * j + e] = exp_of(j, e);
     } else {
       // Key row r (key0 + 8 r) sees queries [q_min[r], q_max[r]]; columns are
       // queries q0 + col + 8 j + e % 2. (A visibility test per element inside
@@ -332,7 +335,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int q = 8 * j + e % 2, r = e / 2;
-          const float x = exp2f(fmaf(s_acc[4 * j + e], a.scale_log2, -(e % 2 ? lse[j].y : lse[j].x)));
+          const float x = exp_of(j, e);
           s_acc[4 * j + e] = q >= q_min[r] && q <= q_max[r] ? x : 0.f;
         }
     }
