@@ -105,10 +105,6 @@ __device__ __forceinline__ void bulk_reduce_add(float* dst, const float* src, in
       "r"(smem_addr(src)), "r"(bytes)
       : "memory");
 }
-__device__ __forceinline__ void bulk_wait_read() {
-  asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
-}
-
 template <bool kBf16, int D, int kStages, int BM>
 __global__ void __launch_bounds__(kBwdThreads, 1)
     flash_bwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,

@@ -65,7 +65,10 @@ template <int D, int kBlockN, int kStages>
 struct Smem {
   static constexpr int kQBytes = kBlockM * D * 2;
   static constexpr int kKVBytes = kBlockN * D * 2;
-  static constexpr int kBarOffset = kQBytes + 2 * kStages * kKVBytes;
+  // O's stage, where it fits in the 227 KB (with the barriers and the slack).
+  static constexpr bool kStoreO = kQBytes + 2 * kStages * kKVBytes + kBlockM * D * 2 <= 220 * 1024;
+  static constexpr int kOBytes = kStoreO ? kBlockM * D * 2 : 0;
+  static constexpr int kBarOffset = kQBytes + 2 * kStages * kKVBytes + kOBytes;
   // q_full, q_empty, then k_full, v_full, k_empty, v_empty per stage, then
   // tile_full and tile_empty per slot of the tile ids.
   static constexpr int kBytes = kBarOffset + 8 * (2 + 4 * kStages + 4) + 1024;  // + alignment slack
@@ -90,7 +93,8 @@ __device__ __forceinline__ void key_range(const Args& a, int row_lo, int row_hi,
 template <bool kBf16, int D, int kBlockN, int kStages, bool kQueue>
 __global__ void __launch_bounds__(kThreads, 1)
     flash_fwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
-               const __grid_constant__ CUtensorMap v_map, const Args a) {
+               const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap o_map,
+               const Args a) {
   using L = Smem<D, kBlockN, kStages>;
   constexpr int kBoxes = D / kBoxCols;
   constexpr int kSAcc = kBlockN / 2;  // S accumulator floats per thread (m64 x kBlockN)
@@ -105,6 +109,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   unsigned char* sQ = smem;
   unsigned char* sK = smem + L::kQBytes;
   unsigned char* sV = sK + kStages * L::kKVBytes;
+  unsigned char* sO = sV + kStages * L::kKVBytes;
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBarOffset);
   uint64_t* q_full = bars;
   uint64_t* q_empty = bars + 1;  // Q is free once both consumers' last S product is done
@@ -332,19 +337,46 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (lane == 0) mbar_arrive(bar);
   };
 
-  // Normalise, write O and the log-sum-exp of the tile's rows. A quad (lanes
-  // 4q .. 4q + 3) holds a row's 8-column groups as one word each; swapping
-  // words across the quad gives lane c groups 4t + c whole, for 16-byte
-  // stores (every lane takes part in the shuffles, valid row or not).
-  auto epilogue = [&](const Tile& x) {
+  // O's rows leave through shared memory: stmatrix writes 16-byte pieces of
+  // rows into the 128-byte swizzle of 64-row boxes, and one thread per
+  // warpgroup sends the boxes by TMA (H200, d 128: +13% at seqlen 512, +6%
+  // at 1k, against 16-byte stores from registers; docs/hopper-notes.md,
+  // fost). It waits for the last tile's boxes to be read before the writes.
+  auto store_o_smem = [&](const Tile& x, const float (&inv)[2]) {
+    unsigned char* o_tile = sO + wg * 64 * D * 2;
+    const bool leader = warp == 0 && lane == 0;
+    if (leader) bulk_wait_read();
+    named_bar_sync<128>(3 + wg);
+    // Lane l addresses row l % 8 of matrix l / 8: rows + 8 for odd matrices,
+    // the next column group for the upper two.
+    const int m = lane / 8, row = warp * 16 + lane % 8 + 8 * (m % 2);
+#pragma unroll
+    for (int j = 0; j < D / 8; j += 2) {
+      const int g = j + m / 2;  // column group of 8
+      stmatrix_x4(o_tile + (g / 8) * 64 * kBoxRowBytes + row * kBoxRowBytes + (((g % 8) ^ (row % 8)) << 4),
+                  pack<kBf16>(o[4 * j] * inv[0], o[4 * j + 1] * inv[0]),
+                  pack<kBf16>(o[4 * j + 2] * inv[1], o[4 * j + 3] * inv[1]),
+                  pack<kBf16>(o[4 * j + 4] * inv[0], o[4 * j + 5] * inv[0]),
+                  pack<kBf16>(o[4 * j + 6] * inv[1], o[4 * j + 7] * inv[1]));
+    }
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    named_bar_sync<128>(3 + wg);
+    if (leader) {
+#pragma unroll
+      for (int c = 0; c < D / kBoxCols; ++c)
+        tma_store(&o_map, o_tile + c * 64 * kBoxRowBytes, c * kBoxCols, x.head, x.m0 + wg * 64, x.batch);
+      bulk_commit();
+    }
+  };
+
+  // Where O's stage does not fit (d 256): a quad (lanes 4q .. 4q + 3) holds
+  // a row's 8-column groups as one word each; swapping words across the quad
+  // gives lane c groups 4t + c whole, for 16-byte stores (every lane takes
+  // part in the shuffles, valid row or not).
+  auto store_o_direct = [&](const Tile& x, const float (&inv)[2]) {
     const int c = lane % 4;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      float sum = row_sum[r];
-      sum += __shfl_xor_sync(0xffffffff, sum, 1);
-      sum += __shfl_xor_sync(0xffffffff, sum, 2);
-      const bool empty_row = sum == 0.f || row_max[r] == -INFINITY;
-      const float inv = empty_row ? 0.f : 1.f / sum;
       const int row = row0 + 8 * r;
       uint4* out_row = reinterpret_cast<uint4*>(
           static_cast<unsigned char*>(a.out) +
@@ -354,7 +386,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         uint32_t w[4], mine[4];
 #pragma unroll
         for (int k = 0; k < 4; ++k)
-          w[k] = pack<kBf16>(o[4 * (4 * t + k) + 2 * r] * inv, o[4 * (4 * t + k) + 2 * r + 1] * inv);
+          w[k] = pack<kBf16>(o[4 * (4 * t + k) + 2 * r] * inv[r], o[4 * (4 * t + k) + 2 * r + 1] * inv[r]);
 #pragma unroll
         for (int swap = 0; swap < 4; ++swap) {
           // To lane c ^ swap its group's word; from it, word c ^ swap of group 4t + c.
@@ -367,10 +399,28 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
         if (row < a.seqlen_q) out_row[4 * t + c] = make_uint4(mine[0], mine[1], mine[2], mine[3]);
       }
-      if (row < a.seqlen_q && c == 0)
+    }
+  };
+
+  // Normalise, write O and the log-sum-exp of the tile's rows.
+  auto epilogue = [&](const Tile& x) {
+    float inv[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float sum = row_sum[r];
+      sum += __shfl_xor_sync(0xffffffff, sum, 1);
+      sum += __shfl_xor_sync(0xffffffff, sum, 2);
+      const bool empty_row = sum == 0.f || row_max[r] == -INFINITY;
+      inv[r] = empty_row ? 0.f : 1.f / sum;
+      const int row = row0 + 8 * r;
+      if (row < a.seqlen_q && lane % 4 == 0)
         a.lse[static_cast<int64_t>(x.batch * a.heads + x.head) * a.seqlen_q + row] =
             empty_row ? INFINITY : row_max[r] * a.scale + logf(sum);
     }
+    if constexpr (L::kStoreO)
+      store_o_smem(x, inv);
+    else
+      store_o_direct(x, inv);
   };
 
   // The two consumers take turns issuing their products (slot t of
@@ -468,6 +518,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     t = __shfl_sync(0xffffffffu, next, 0);
   }
   if (wg == 0 && !first_slot) turn_wait(0);
+  // O's last boxes must be read before the CTA's shared memory goes.
+  if (L::kStoreO && warp == 0 && lane == 0) bulk_wait_read();
 }
 
 // Calls take the queues in turn, so that calls running at once on different
@@ -486,9 +538,10 @@ cudaError_t next_queue(TileQueue** queue) {
 
 template <bool kBf16, int D, int kBlockN, int kStages>
 cudaError_t launch(const FwdParams& p, cudaStream_t stream) {
-  CUtensorMap q_map, k_map, v_map;
+  CUtensorMap q_map, k_map, v_map, o_map;
   cudaError_t e;
   if ((e = make_map(&q_map, p.q, kBf16, p.batch, p.seqlen_q, p.heads, D, kBlockM)) != cudaSuccess ||
+      (e = make_map(&o_map, p.out, kBf16, p.batch, p.seqlen_q, p.heads, D, 64)) != cudaSuccess ||
       (e = make_map(&k_map, p.k, kBf16, p.batch, p.seqlen_k, p.heads_k, D, kBlockN)) != cudaSuccess ||
       (e = make_map(&v_map, p.v, kBf16, p.batch, p.seqlen_k, p.heads_k, D, kBlockN)) != cudaSuccess)
     return e;
@@ -530,7 +583,7 @@ cudaError_t launch(const FwdParams& p, cudaStream_t stream) {
   if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem)) !=
       cudaSuccess)
     return e;
-  kernel<<<grid, kThreads, smem, stream>>>(q_map, k_map, v_map, a);
+  kernel<<<grid, kThreads, smem, stream>>>(q_map, k_map, v_map, o_map, a);
   return cudaPeekAtLastError();
 }
 
