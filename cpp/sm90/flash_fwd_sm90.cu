@@ -12,7 +12,8 @@
 //             S = Q K^T with wgmma from shared memory, the online softmax in
 //             registers, and O += P V with P from registers (wgmma's register
 //             A operand has the accumulator's layout, so P never touches
-//             shared memory).
+//             shared memory), then send O out through shared memory by
+//             TMA stores (d 64 and 128; d 256 stores from registers).
 // As FlashAttention-3 describes, a consumer issues block i's S product
 // together with block i-1's P V and runs block i's softmax while the latter
 // is in flight, and the two consumers take turns on the tensor cores, so that
