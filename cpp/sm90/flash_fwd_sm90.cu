@@ -62,12 +62,13 @@ struct Args {
   TileQueue* queue;           // kQueue kernels (masked calls)
 };
 
-template <int D, int kBlockN, int kStages>
+template <int D, int kBlockN, int kStages, bool kWantStoreO>
 struct Smem {
   static constexpr int kQBytes = kBlockM * D * 2;
   static constexpr int kKVBytes = kBlockN * D * 2;
-  // O's stage, where it fits in the 227 KB (with the barriers and the slack).
-  static constexpr bool kStoreO = kQBytes + 2 * kStages * kKVBytes + kBlockM * D * 2 <= 220 * 1024;
+  // O's stage, if wanted and where it fits in the 227 KB (with the barriers and the slack).
+  static constexpr bool kStoreO =
+      kWantStoreO && kQBytes + 2 * kStages * kKVBytes + kBlockM * D * 2 <= 220 * 1024;
   static constexpr int kOBytes = kStoreO ? kBlockM * D * 2 : 0;
   static constexpr int kBarOffset = kQBytes + 2 * kStages * kKVBytes + kOBytes;
   // q_full, q_empty, then k_full, v_full, k_empty, v_empty per stage, then
@@ -91,12 +92,13 @@ __device__ __forceinline__ void key_range(const Args& a, int row_lo, int row_hi,
 // c + gridDim.x, ... (unmasked calls, whose tiles are equal work). Two
 // kernels rather than one with a runtime switch: without the queue's code the
 // unmasked one runs 2-6% faster (H200, docs/hopper-notes.md, v8).
-template <bool kBf16, int D, int kBlockN, int kStages, bool kQueue>
+// kStoreO: O leaves through shared memory, where its stage fits.
+template <bool kBf16, int D, int kBlockN, int kStages, bool kQueue, bool kStoreO>
 __global__ void __launch_bounds__(kThreads, 1)
     flash_fwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
                const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap o_map,
                const Args a) {
-  using L = Smem<D, kBlockN, kStages>;
+  using L = Smem<D, kBlockN, kStages, kStoreO>;
   constexpr int kBoxes = D / kBoxCols;
   constexpr int kSAcc = kBlockN / 2;  // S accumulator floats per thread (m64 x kBlockN)
   constexpr int kOAcc = D / 2;        // O accumulator floats per thread
@@ -578,9 +580,17 @@ cudaError_t launch(const FwdParams& p, cudaStream_t stream) {
     grid = std::min(grid, kMaxCtas);
     if ((e = next_queue(&a.queue)) != cudaSuccess) return e;
   }
-  auto kernel = masked ? flash_fwd_kernel<kBf16, D, kBlockN, kStages, true>
-                       : flash_fwd_kernel<kBf16, D, kBlockN, kStages, false>;
-  constexpr int smem = Smem<D, kBlockN, kStages>::kBytes;
+  // O through shared memory, except for unmasked calls over more than 4k
+  // keys: from 8k up the same kernel with 16-byte stores from registers ran
+  // 1-6% faster (H200, interleaved; masked calls and shorter ones gain up to
+  // 15% from the stage; docs/hopper-notes.md, v10).
+  constexpr bool kStage = Smem<D, kBlockN, kStages, true>::kStoreO;
+  const bool stage_o = kStage && (masked || p.seqlen_k <= 4096);
+  auto kernel = masked    ? flash_fwd_kernel<kBf16, D, kBlockN, kStages, true, kStage>
+                : stage_o ? flash_fwd_kernel<kBf16, D, kBlockN, kStages, false, kStage>
+                          : flash_fwd_kernel<kBf16, D, kBlockN, kStages, false, false>;
+  const int smem =
+      stage_o ? Smem<D, kBlockN, kStages, true>::kBytes : Smem<D, kBlockN, kStages, false>::kBytes;
   if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem)) !=
       cudaSuccess)
     return e;
