@@ -13,7 +13,8 @@
 //             registers, and O += P V with P from registers (wgmma's register
 //             A operand has the accumulator's layout, so P never touches
 //             shared memory), then send O out through shared memory by
-//             TMA stores (d 64 and 128; d 256 stores from registers).
+//             TMA stores (d 256, and unmasked calls over 4k keys, store it
+//             from registers; see launch()).
 // As FlashAttention-3 describes, a consumer issues block i's S product
 // together with block i-1's P V and runs block i's softmax while the latter
 // is in flight, and the two consumers take turns on the tensor cores, so that
@@ -372,10 +373,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   };
 
-  // Where O's stage does not fit (d 256): a quad (lanes 4q .. 4q + 3) holds
-  // a row's 8-column groups as one word each; swapping words across the quad
-  // gives lane c groups 4t + c whole, for 16-byte stores (every lane takes
-  // part in the shuffles, valid row or not).
+  // Without O's stage (d 256, and long unmasked calls): a quad (lanes
+  // 4q .. 4q + 3) holds a row's 8-column groups as one word each; swapping
+  // words across the quad gives lane c groups 4t + c whole, for 16-byte
+  // stores (every lane takes part in the shuffles, valid row or not).
   auto store_o_direct = [&](const Tile& x, const float (&inv)[2]) {
     const int c = lane % 4;
 #pragma unroll
