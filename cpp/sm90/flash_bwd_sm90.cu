@@ -99,11 +99,10 @@ __device__ __forceinline__ void dq_stage_mark_empty(int wg) { named_bar_arrive<k
 
 // dst[0 .. bytes) += src[0 .. bytes) as float32, asynchronously.
 __device__ __forceinline__ void bulk_reduce_add(float* dst, const float* src, int bytes) {
-  asm volatile(
-      "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n"
-      "cp.async.bulk.commit_group;" ::"l"(dst),
-      "r"(smem_addr(src)), "r"(bytes)
-      : "memory");
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;" ::"l"(dst),
+               "r"(smem_addr(src)), "r"(bytes)
+               : "memory");
+  bulk_commit();
 }
 template <bool kBf16, int D, int kStages, int BM>
 __global__ void __launch_bounds__(kBwdThreads, 1)
@@ -438,13 +437,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     const int key = key0 - lane / 4 + r;  // the warp's first key + r
     if (key < a.seqlen_k) {
       const int64_t row = ((static_cast<int64_t>(batch) * a.seqlen_k + key) * a.heads + head) * D;
-      // The copy must have read the row before the CTA's shared memory goes.
-      asm volatile(
-          "cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n"
-          "cp.async.bulk.commit_group;\n"
-          "cp.async.bulk.wait_group.read 0;" ::"l"(static_cast<uint16_t*>(t ? a.dv : a.dk) + row),
-          "r"(smem_addr(stage + (t * kWarpRows + r) * kOutPitch)), "r"(D * 2)
-          : "memory");
+      bulk_store(static_cast<uint16_t*>(t ? a.dv : a.dk) + row, stage + (t * kWarpRows + r) * kOutPitch, D * 2);
+      bulk_commit();
+      bulk_wait_read();  // the row is read before the CTA's shared memory goes
     }
   } else {
     __syncwarp();

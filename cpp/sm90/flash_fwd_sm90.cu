@@ -67,11 +67,11 @@ template <int D, int kBlockN, int kStages, bool kWantStoreO>
 struct Smem {
   static constexpr int kQBytes = kBlockM * D * 2;
   static constexpr int kKVBytes = kBlockN * D * 2;
-  // O's stage, if wanted and where it fits in the 227 KB (with the barriers and the slack).
-  static constexpr bool kStoreO =
-      kWantStoreO && kQBytes + 2 * kStages * kKVBytes + kBlockM * D * 2 <= 220 * 1024;
-  static constexpr int kOBytes = kStoreO ? kBlockM * D * 2 : 0;
-  static constexpr int kBarOffset = kQBytes + 2 * kStages * kKVBytes + kOBytes;
+  static constexpr int kOOffset = kQBytes + 2 * kStages * kKVBytes;
+  // O's stage (a tile, as Q's), if wanted and where it fits in the 227 KB
+  // (with the barriers and the slack).
+  static constexpr bool kStoreO = kWantStoreO && kOOffset + kQBytes <= 220 * 1024;
+  static constexpr int kBarOffset = kOOffset + (kStoreO ? kQBytes : 0);
   // q_full, q_empty, then k_full, v_full, k_empty, v_empty per stage, then
   // tile_full and tile_empty per slot of the tile ids.
   static constexpr int kBytes = kBarOffset + 8 * (2 + 4 * kStages + 4) + 1024;  // + alignment slack
@@ -87,6 +87,10 @@ __device__ __forceinline__ void key_range(const Args& a, int row_lo, int row_hi,
   *lo = first / block_n;
   *hi = last <= 0 ? 0 : (last + block_n - 1) / block_n;
 }
+
+// Named barrier 3 + wg: consumer warpgroup wg's 128 threads around its O
+// stage (1 and 2 are the turns, sm90_common.cuh).
+__device__ __forceinline__ void o_stage_sync(int wg) { named_bar_sync<128>(3 + wg); }
 
 // kQueue: CTAs claim tiles from a.queue, longest first in groups of
 // a.group_bh (batch, head) pairs (masked calls); else CTA c takes tiles c,
@@ -113,7 +117,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   unsigned char* sQ = smem;
   unsigned char* sK = smem + L::kQBytes;
   unsigned char* sV = sK + kStages * L::kKVBytes;
-  unsigned char* sO = sV + kStages * L::kKVBytes;
+  unsigned char* sO = smem + L::kOOffset;
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBarOffset);
   uint64_t* q_full = bars;
   uint64_t* q_empty = bars + 1;  // Q is free once both consumers' last S product is done
@@ -350,7 +354,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     unsigned char* o_tile = sO + wg * 64 * D * 2;
     const bool leader = warp == 0 && lane == 0;
     if (leader) bulk_wait_read();
-    named_bar_sync<128>(3 + wg);
+    o_stage_sync(wg);
     // Lane l addresses row l % 8 of matrix l / 8: rows + 8 for odd matrices,
     // the next column group for the upper two.
     const int m = lane / 8, row = warp * 16 + lane % 8 + 8 * (m % 2);
@@ -364,7 +368,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                   pack<kBf16>(o[4 * j + 6] * inv[1], o[4 * j + 7] * inv[1]));
     }
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-    named_bar_sync<128>(3 + wg);
+    o_stage_sync(wg);
     if (leader) {
 #pragma unroll
       for (int c = 0; c < D / kBoxCols; ++c)
