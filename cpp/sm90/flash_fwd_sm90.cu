@@ -546,10 +546,10 @@ cudaError_t next_queue(TileQueue** queue) {
 
 template <bool kBf16, int D, int kBlockN, int kStages>
 cudaError_t launch(const FwdParams& p, cudaStream_t stream) {
-  CUtensorMap q_map, k_map, v_map, o_map;
+  CUtensorMap q_map, k_map, v_map;
+  CUtensorMap o_map{};  // read only by kernels that stage O
   cudaError_t e;
   if ((e = make_map(&q_map, p.q, kBf16, p.batch, p.seqlen_q, p.heads, D, kBlockM)) != cudaSuccess ||
-      (e = make_map(&o_map, p.out, kBf16, p.batch, p.seqlen_q, p.heads, D, 64)) != cudaSuccess ||
       (e = make_map(&k_map, p.k, kBf16, p.batch, p.seqlen_k, p.heads_k, D, kBlockN)) != cudaSuccess ||
       (e = make_map(&v_map, p.v, kBf16, p.batch, p.seqlen_k, p.heads_k, D, kBlockN)) != cudaSuccess)
     return e;
@@ -591,6 +591,8 @@ cudaError_t launch(const FwdParams& p, cudaStream_t stream) {
   // 15% from the stage; docs/hopper-notes.md, v10).
   constexpr bool kStage = Smem<D, kBlockN, kStages, true>::kStoreO;
   const bool stage_o = kStage && (masked || p.seqlen_k <= 4096);
+  if (stage_o && (e = make_map(&o_map, p.out, kBf16, p.batch, p.seqlen_q, p.heads, D, 64)) != cudaSuccess)
+    return e;
   auto kernel = masked    ? flash_fwd_kernel<kBf16, D, kBlockN, kStages, true, kStage>
                 : stage_o ? flash_fwd_kernel<kBf16, D, kBlockN, kStages, false, kStage>
                           : flash_fwd_kernel<kBf16, D, kBlockN, kStages, false, false>;
