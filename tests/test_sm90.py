@@ -289,6 +289,9 @@ GRAD_CASES = [
     ("causal-empty-rows", (2, 1000, 300, 4, 4, 128), dict(is_causal=True)),
     ("window-empty-rows", (2, 300, 77, 4, 1, 128), dict(window_size=(0, 0))),
     ("window-hd64", (2, 777, 777, 4, 2, 64), dict(window_size=(100, 20))),
+    ("full-hd64", (2, 300, 1000, 4, 4, 64), dict()),
+    ("causal-gqa-hd64", (2, 1000, 1000, 8, 2, 64), dict(is_causal=True)),
+    ("causal-empty-rows-hd64", (2, 1000, 300, 4, 1, 64), dict(is_causal=True)),
     ("causal-hd256", (1, 2048, 2048, 2, 2, 256), dict(is_causal=True)),
 ]
 

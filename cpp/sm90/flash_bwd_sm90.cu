@@ -18,7 +18,8 @@
 //             (wgmma's M is 64). The two consumers exchange dS^T through
 //             shared memory, so each computes dQ^T for half of the head dim
 //             over all 128 keys, and stages it in shared memory for the
-//             producer's dQ warp. dK's product is issued after dQ^T's, so
+//             producer's dQ warp (at head dim 64: all dims over its own
+//             64 keys instead). dK's product is issued after dQ^T's, so
 //             that it runs while dQ^T is staged.
 // Small kernels around it compute D = rowsum(dO * O) (clearing the dQ buffer
 // on the way) and convert dQ.
@@ -70,16 +71,18 @@ struct BwdSmem {
   static constexpr int kDq = kDs + 2 * kDsBytes;
   // Three buffers of a query block's statistics (BM lse, BM D).
   static constexpr int kStats = kDq + 2 * kDqStageBytes;
-  static constexpr int kBars = kStats + 3 * 2 * BM * 4;
+  // At D = 64 each consumer keeps its own copy (see flash_bwd_kernel).
+  static constexpr int kBars = kStats + (D == 64 ? 2 : 1) * 3 * 2 * BM * 4;
   // kv_full, then q_full, do_full, q_empty per stage.
   static constexpr int kBytes = kBars + 8 * (1 + 3 * kStages) + 1024;  // + alignment slack
   static_assert(kBytes <= 227 * 1024, "shared memory");
 };
 
-// Where query block m's dQ^T half `half` starts in BwdArgs::dq_accum.
-template <int BM>
+// Where query block m's dQ^T tile of head dims [64 half, 64 half + 64)
+// starts in BwdArgs::dq_accum.
+template <int D, int BM>
 __device__ __forceinline__ int64_t dq_tile_offset(int64_t bh, int m_blocks, int m, int half) {
-  return ((bh * m_blocks + m) * 2 + half) * (BM * 64);
+  return ((bh * m_blocks + m) * (D / 64) + half) * (BM * 64);
 }
 
 // Named barriers of both consumers (256 threads): 3 for the dS exchange, 6
@@ -87,6 +90,8 @@ __device__ __forceinline__ int64_t dq_tile_offset(int64_t bh, int m_blocks, int 
 __device__ __forceinline__ void consumers_sync() { named_bar_sync<256>(3); }
 __device__ __forceinline__ void s_dp_turn_wait() { named_bar_sync<256>(6); }
 __device__ __forceinline__ void s_dp_turn_pass() { named_bar_arrive<256>(6); }
+// One consumer's own (128 threads; at D = 64, where they exchange nothing): 11 + wg.
+__device__ __forceinline__ void consumer_sync(int wg) { named_bar_sync<128>(11 + wg); }
 
 // A consumer's dQ stage is handed to the producer's dQ warp and back through
 // named barriers of 160 threads (the warpgroup and that warp): "full" 7 + wg,
@@ -113,6 +118,13 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   constexpr int kBoxes = D / kBoxCols;
   constexpr int kAcc = D / 2;     // dK, dV floats per thread (m64 x D)
   constexpr int kRowAcc = BM / 2;  // S^T, dP^T, dQ^T floats per thread (m64 x BM)
+  // dQ^T's product has M = 64 head dims per consumer. At D = 128 each
+  // consumer takes half of the dims over all 128 keys (the dS^T exchange);
+  // at D = 64 each takes all dims over its own 64 keys, and both tiles are
+  // added to the same place in dq_accum.
+  static_assert(D == 64 || D == 128, "head dims");
+  constexpr bool kDqSplitsKeys = D == 64;
+  constexpr int kDqKeys = kDqSplitsKeys ? 64 : kBwdBlockN;
 
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = align_1024(smem_raw);
@@ -187,7 +199,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         for (int wg = 0; wg < 2; ++wg) {
           dq_stage_wait_full(wg);
           if (threadIdx.x == 32) {
-            bulk_reduce_add(a.dq_accum + dq_tile_offset<BM>(bh, m_blocks, m_lo + i, wg),
+            bulk_reduce_add(a.dq_accum + dq_tile_offset<D, BM>(bh, m_blocks, m_lo + i, kDqSplitsKeys ? 0 : wg),
                             reinterpret_cast<const float*>(sdQ + wg * L::kDqStageBytes), L::kDqStageBytes);
             bulk_wait_read();
           }
@@ -255,33 +267,56 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   };
 
   // The row statistics of query blocks i, i + 1 (being read) and i + 2
-  // (being written) in shared memory: consumer thread t < 2 BM loads block
-  // i + 2's lse (t < BM) or D of row t % BM from L2 when block i starts and
-  // stores it after block i's dS exchange, which all reads of block i - 1 are
-  // before and all reads of block i + 2 after (the exchange of block i + 1).
-  // Held in registers instead they cost 2-4% (docs/hopper-notes.md, b5-b10).
-  const int stats_thread = threadIdx.x - 128;
-  auto stat_load = [&](int i) {
-    if (stats_thread >= 2 * BM || i >= n_iter) return 0.f;
-    return __ldg(a.row_stats + (stats_thread < BM ? 0 : a.stats_stride) + bh * a.stats_rows +
-                 (m_lo + i) * BM + stats_thread % BM);
+  // (being written) in shared memory: consumer thread t loads block i + 2's
+  // lse (entry t < BM) or D of row t % BM (t < 2 BM) from L2 when block i
+  // starts and stores it after block i's dS exchange (block_sync), which all
+  // reads of block i - 1 are before and all reads of block i + 2 after (the
+  // exchange of block i + 1). Held in registers instead they cost 2-4%
+  // (docs/hopper-notes.md, b5-b10). At D = 64 the consumers share no dS^T:
+  // each keeps its own copy of the statistics and syncs only its own threads
+  // (+3-6% there, b17).
+  constexpr int kStatThreads = kDqSplitsKeys ? 128 : 256;
+  constexpr int kStatsPerThread = (2 * BM + kStatThreads - 1) / kStatThreads;
+  struct Stats { float x[kStatsPerThread]; };
+  const int stats_thread = kDqSplitsKeys ? wg_thread : threadIdx.x - 128;
+  float* my_stats = stats_smem + (kDqSplitsKeys ? wg * 3 * 2 * BM : 0);
+  auto block_sync = [&]() {
+    if constexpr (kDqSplitsKeys)
+      consumer_sync(wg);
+    else
+      consumers_sync();
   };
-  auto stat_store = [&](int i, float x) {
-    if (stats_thread < 2 * BM) stats_smem[(i % 3) * 2 * BM + stats_thread] = x;
+  auto stat_load = [&](int i) {
+    Stats r;
+#pragma unroll
+    for (int e = 0; e < kStatsPerThread; ++e) {
+      const int t = stats_thread + e * kStatThreads;
+      r.x[e] = t >= 2 * BM || i >= n_iter ? 0.f
+                                          : __ldg(a.row_stats + (t < BM ? 0 : a.stats_stride) + bh * a.stats_rows +
+                                                  (m_lo + i) * BM + t % BM);
+    }
+    return r;
+  };
+  auto stat_store = [&](int i, const Stats& r) {
+#pragma unroll
+    for (int e = 0; e < kStatsPerThread; ++e) {
+      const int t = stats_thread + e * kStatThreads;
+      if (t < 2 * BM) my_stats[(i % 3) * 2 * BM + t] = r.x[e];
+    }
   };
 
   if (n_iter > 0) {
-    const float stat0 = stat_load(0), stat1 = stat_load(1);
+    const Stats stat0 = stat_load(0), stat1 = stat_load(1);
     stat_store(0, stat0);
     stat_store(1, stat1);
     mbar_wait(kv_full, 0);
-    consumers_sync();
+    block_sync();
   }
   for (int i = 0; i < n_iter; ++i) {
     const int s = i % kStages;
-    const float next_stat = stat_load(i + 2);
+    const Stats next_stat = stat_load(i + 2);
     // Columns are queries q0 + 8 j + col + e: lse * log2(e) at st[8 j + col + e], D BM further.
-    const float* st = stats_smem + (i % 3) * 2 * BM;
+    const float* st = my_stats + (i % 3) * 2 * BM;
     // This block's lse, read before the products are issued. Read after S,
     // the ten loads had one register between them (at 240 per thread) and ran
     // one after another behind the other consumer's operand reads: the
@@ -373,13 +408,15 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
             ds[2 * j + r];
       }
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-    consumers_sync();
+    block_sync();
     stat_store(i + 2, next_stat);
 
-    // dQ^T[64 wg .. 64 wg + 63, :] = K^T dS^T over all 128 keys: K^T (head
-    // dim contiguous) and dS^T (queries contiguous) are both MN-major.
-    const uint64_t d_kt = desc(sK + wg * kBwdBlockN * kBoxRowBytes, kBwdBlockN * kBoxRowBytes, 1024);
-    const uint64_t d_ds = desc(ds_tile, kDsAtomBytes, 8 * 32, kSwizzle32B);
+    // dQ^T = K^T dS^T: at D = 128 head dims [64 wg, 64 wg + 64) over all
+    // 128 keys, at D = 64 all dims over this warpgroup's keys. K^T (head dim
+    // contiguous) and dS^T (queries contiguous) are both MN-major.
+    const uint64_t d_kt = kDqSplitsKeys ? desc(k_rows, kBwdBlockN * kBoxRowBytes, 1024)
+                                        : desc(sK + wg * kBwdBlockN * kBoxRowBytes, kBwdBlockN * kBoxRowBytes, 1024);
+    const uint64_t d_ds = desc(ds_tile + (kDqSplitsKeys ? wg * 64 * 32 : 0), kDsAtomBytes, 8 * 32, kSwizzle32B);
     // dV first: that frees P^T's registers for dQ^T's accumulators (at 80
     // rows, ptxas otherwise serialises every wgmma for want of registers).
     wgmma_wait<0>();
@@ -390,7 +427,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     pin(ds);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kBwdBlockN / 16; ++kk)
+    for (int kk = 0; kk < kDqKeys / 16; ++kk)
       mma_ss<typename Gmma<kBf16, BM, kMN, kMN>::SS>(desc_add(d_kt, kk * 16 * kBoxRowBytes),
                                                      desc_add(d_ds, kk * 16 * 32), dq_acc, kk > 0,
                                                      std::make_index_sequence<kRowAcc>{});
@@ -463,7 +500,7 @@ template <bool kBf16, int D>
 __global__ void bwd_prep_kernel(const void* out, const void* dout, const float* lse, float* stats,
                                 float* dq_accum, int64_t rows, int heads, int seqlen_q, int padded_q,
                                 int m_rows) {
-  static_assert(D % 128 == 0, "a lane reads whole 8-byte pieces");
+  static_assert(D % 64 == 0, "a lane reads whole 8-byte pieces");
   const int64_t row = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;  // [batch, heads, padded_q]
   if (row >= rows) return;
   const int i = row % padded_q, lane = threadIdx.x % 32;
@@ -493,17 +530,17 @@ __global__ void bwd_prep_kernel(const void* out, const void* dout, const float* 
   }
 }
 
-// dq[b, q0 .. q0 + BM, h, 64 half ..] = scale * one warpgroup's dQ^T tile of
-// dq_accum, which holds its accumulators in thread order (float4 v of thread
-// t at 128 v + t). One CTA of 128 threads per tile: coalesced loads into
-// shared memory as [query][dim], then rows of 64 dims out.
-template <bool kBf16, int BM>
+// dq[b, q0 .. q0 + BM, h, 64 half ..] = scale * one dQ^T tile of 64 head dims
+// in dq_accum, which holds a warpgroup's accumulators in thread order (float4
+// v of thread t at 128 v + t). One CTA of 128 threads per tile: coalesced
+// loads into shared memory as [query][dim], then rows of 64 dims out.
+template <bool kBf16, int D, int BM>
 __global__ void dq_convert_kernel(const float* acc, void* dq, int heads, int seqlen_q, float scale) {
-  constexpr int D = 128, kPitch = 65;
+  constexpr int kPitch = 65;
   __shared__ float tile[BM * kPitch];
-  const int m = blockIdx.x / 2, half = blockIdx.x % 2, h = blockIdx.y, b = blockIdx.z;
+  const int m = blockIdx.x / (D / 64), half = blockIdx.x % (D / 64), h = blockIdx.y, b = blockIdx.z;
   const int m_blocks = (seqlen_q + BM - 1) / BM;
-  const float* src = acc + dq_tile_offset<BM>(int64_t(b) * heads + h, m_blocks, m, half);
+  const float* src = acc + dq_tile_offset<D, BM>(int64_t(b) * heads + h, m_blocks, m, half);
   const int t = threadIdx.x, w = t / 32, l = t % 32;
 #pragma unroll
   for (int v = 0; v < BM / 8; ++v) {
@@ -558,28 +595,36 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
   const dim3 grid((p.seqlen_k + kBwdBlockN - 1) / kBwdBlockN, p.heads, p.batch);
   kernel<<<grid, kBwdThreads, smem, stream>>>(q_map, k_map, v_map, do_map, a);
 
-  const dim3 convert_grid(2 * m_blocks, p.heads, p.batch);
-  dq_convert_kernel<kBf16, BM><<<convert_grid, 128, 0, stream>>>(p.dq_accum, p.dq, p.heads, p.seqlen_q,
+  const dim3 convert_grid(D / 64 * m_blocks, p.heads, p.batch);
+  dq_convert_kernel<kBf16, D, BM><<<convert_grid, 128, 0, stream>>>(p.dq_accum, p.dq, p.heads, p.seqlen_q,
                                                                  p.softmax_scale);
   return cudaPeekAtLastError();
 }
 
-template <bool kBf16>
+template <bool kBf16, int D>
 cudaError_t launch_bwd_for_mask(const BwdParams& p, cudaStream_t stream) {
   const bool masked = p.window_left >= 0 || p.window_right >= 0;
-  return masked ? launch_bwd<kBf16, 128, 2, kBwdBlockMMasked>(p, stream)
-                : launch_bwd<kBf16, 128, 2, kBwdBlockMFull>(p, stream);
+  // At D = 64 a third Q/dO stage costs 20 KB and makes room for the 64-row
+  // kernel's dK/dV stage (see the epilogue's static_assert).
+  constexpr int kStages = D == 64 ? 3 : 2;
+  return masked ? launch_bwd<kBf16, D, kStages, kBwdBlockMMasked>(p, stream)
+                : launch_bwd<kBf16, D, kStages, kBwdBlockMFull>(p, stream);
+}
+
+template <bool kBf16>
+cudaError_t launch_bwd_for_head_dim(const BwdParams& p, cudaStream_t stream) {
+  return p.head_dim == 64 ? launch_bwd_for_mask<kBf16, 64>(p, stream) : launch_bwd_for_mask<kBf16, 128>(p, stream);
 }
 
 }  // namespace
 
 bool bwd_supported(const Shape& s) {
-  return s.head_dim == 128 && s.softmax_scale > 0.f && s.heads_k > 0 && s.heads % s.heads_k == 0;
+  return (s.head_dim == 64 || s.head_dim == 128) && s.softmax_scale > 0.f && s.heads_k > 0 && s.heads % s.heads_k == 0;
 }
 
 cudaError_t run_bwd(const BwdParams& p, cudaStream_t stream) {
   if (!bwd_supported(p)) return cudaErrorNotSupported;
-  return p.bf16 ? launch_bwd_for_mask<true>(p, stream) : launch_bwd_for_mask<false>(p, stream);
+  return p.bf16 ? launch_bwd_for_head_dim<true>(p, stream) : launch_bwd_for_head_dim<false>(p, stream);
 }
 
 }  // namespace jfa_sm90

@@ -19,6 +19,8 @@ rng = np.random.default_rng(0)
 for (b, sq, sk, h, hk, d), options in [((2, 77, 133, 4, 2, 128), dict(is_causal=True)),
                                         ((1, 130, 65, 2, 1, 128), dict(window_size=(20, 3))),
                                         ((1, 1, 300, 2, 2, 100), {}),
+                                        ((2, 77, 133, 4, 2, 64), dict(is_causal=True)),
+                                        ((1, 300, 200, 2, 1, 64), {}),
                                         ((1, 600, 600, 32, 8, 128), {}),
                                         ((1, 600, 600, 32, 8, 128), dict(is_causal=True)),
                                         ((2, 99, 99, 4, 4, 128), dict(alibi_slopes=np.float32([.5, .25, .125, .0625]),

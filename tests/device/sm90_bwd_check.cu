@@ -1,7 +1,8 @@
 // Standalone check of our Hopper backward (cpp/sm90/flash_bwd_sm90.cu) without
 // JAX: dq, dk, dv against a float32 GPU reference on small shapes (max error
 // over max |reference|, see max_rel), then, with any argument, CUDA-event timing on
-// the benchmark shapes ("ncu [SEQ]": one point, 4k by default, for a profiler). Build as
+// the benchmark shapes ("bench 64": head dim 64, with 32 heads; "ncu [SEQ]": one point,
+// 4k by default, for a profiler). Build as
 // tests/device/sm90_fwd_check.cu says.
 #include "../../cpp/sm90/flash_fwd_sm90.cu"
 #include "../../cpp/sm90/flash_bwd_sm90.cu"
@@ -151,8 +152,8 @@ bool check(bool bf16, int b, int sq, int sk, int h, int hk, int d, int wl, int w
   return ok;
 }
 
-void bench(int seq, bool causal) {
-  const int h = 16, d = 128, b = 16384 / seq;
+void bench(int seq, bool causal, int d = 128) {
+  const int h = 16 * 128 / d, b = 16384 / seq;  // the same FLOPs at every head dim
   const int64_t n = int64_t(b) * seq * h * d;
   __nv_bfloat16 *q, *k, *v, *o, *dout, *dq, *dk, *dv;
   float *lse, *acc, *sd;
@@ -178,7 +179,8 @@ void bench(int seq, bool causal) {
   CK(cudaEventSynchronize(e1));
   float ms; cudaEventElapsedTime(&ms, e0, e1); ms /= iters;
   double flops = 2.5 * 4.0 * b * h * double(seq) * seq * d * (causal ? 0.5 : 1.0);
-  printf("bench bwd bf16 d=128 seq=%5d batch=%2d %s: %.3f ms, %.1f TFLOPS\n", seq, b, causal ? "causal" : "full  ", ms, flops / ms / 1e9);
+  printf("bench bwd bf16 d=%d seq=%5d batch=%2d %s: %.3f ms, %.1f TFLOPS\n", d, seq, b, causal ? "causal" : "full  ", ms,
+         flops / ms / 1e9);
   for (void* x : {(void*)q, (void*)k, (void*)v, (void*)o, (void*)dout, (void*)dq, (void*)dk, (void*)dv, (void*)lse, (void*)acc, (void*)sd}) cudaFree(x);
 }
 
@@ -192,6 +194,9 @@ int main(int argc, char** argv) {
       {1, 500, 77, 2, 1, 128, -1, 0},  {2, 1024, 1024, 2, 2, 128, 100, 50},
       {1, 1, 300, 2, 2, 128, -1, -1},  {1, 513, 700, 3, 1, 128, 0, 0},
       {1, 200, 40, 2, 2, 128, 10, 0},
+      {1, 128, 128, 1, 1, 64, -1, -1},  {2, 300, 1000, 4, 2, 64, -1, -1},
+      {1, 1000, 1000, 2, 2, 64, -1, 0}, {1, 500, 77, 2, 1, 64, -1, 0},
+      {2, 1024, 1024, 2, 2, 64, 100, 50}, {1, 513, 700, 3, 1, 64, 0, 0},
   };
   for (const Case& c : cases) {
     fails += !check<__nv_bfloat16>(true, c.b, c.sq, c.sk, c.h, c.hk, c.d, c.wl, c.wr, seed++);
@@ -199,8 +204,9 @@ int main(int argc, char** argv) {
   }
   printf("%d failures\n", fails);
   if (argc > 1) {
-    for (int seq : {512, 1024, 2048, 4096, 8192, 16384}) bench(seq, false);
-    for (int seq : {512, 1024, 2048, 4096, 8192, 16384}) bench(seq, true);
+    const int d = argc > 2 ? atoi(argv[2]) : 128;  // "bench 64": head dim 64
+    for (int seq : {512, 1024, 2048, 4096, 8192, 16384}) bench(seq, false, d);
+    for (int seq : {512, 1024, 2048, 4096, 8192, 16384}) bench(seq, true, d);
   }
   return fails != 0;
 }
