@@ -1,8 +1,8 @@
 // Standalone check of our Hopper forward (cpp/sm90/flash_fwd_sm90.cu) without
 // JAX: out and lse against a float32 GPU reference on small shapes (both dtypes,
 // head dims 64/128/256, causal, windows, GQA, rows that see no key), then, with
-// any argument, CUDA-event timing on the benchmark shapes ("ncu": only the 16k
-// point, for a profiler). On a GPU host:
+// any argument, CUDA-event timing on the benchmark shapes ("bench 64": every
+// length at head dim 64; "ncu": only the 16k point, for a profiler). On a GPU host:
 //
 //   nvcc -std=c++17 -O3 --use_fast_math --expt-relaxed-constexpr \
 //     -gencode=arch=compute_90a,code=sm_90a -I<cutlass>/include \
@@ -160,7 +160,11 @@ int main(int argc, char** argv) {
     }
   }
   printf("%d failures\n", fails);
-  if (argc > 1) {
+  if (argc > 2) {  // "bench 64": every length at one head dim
+    const int d = atoi(argv[2]);
+    for (int seq : {512, 1024, 2048, 4096, 8192, 16384}) bench(seq, d, false);
+    for (int seq : {512, 1024, 2048, 4096, 8192, 16384}) bench(seq, d, true);
+  } else if (argc > 1) {
     for (int seq : {512, 1024, 2048, 4096, 8192, 16384}) bench(seq, 128, false);
     for (int seq : {512, 1024, 2048, 4096, 8192, 16384}) bench(seq, 128, true);
     for (int seq : {1024, 16384}) { bench(seq, 64, false); bench(seq, 256, false); }
