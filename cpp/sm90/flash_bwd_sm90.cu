@@ -597,15 +597,16 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
 
   const dim3 convert_grid(D / 64 * m_blocks, p.heads, p.batch);
   dq_convert_kernel<kBf16, D, BM><<<convert_grid, 128, 0, stream>>>(p.dq_accum, p.dq, p.heads, p.seqlen_q,
-                                                                 p.softmax_scale);
+                                                                    p.softmax_scale);
   return cudaPeekAtLastError();
 }
 
 template <bool kBf16, int D>
 cudaError_t launch_bwd_for_mask(const BwdParams& p, cudaStream_t stream) {
   const bool masked = p.window_left >= 0 || p.window_right >= 0;
-  // At D = 64 a third Q/dO stage costs 20 KB and makes room for the 64-row
-  // kernel's dK/dV stage (see the epilogue's static_assert).
+  // At D = 64 a third Q/dO stage fits, and the 64-row kernel needs one: its
+  // dK/dV stage (72 KB) is larger than the Q, dO and dS^T buffers are with
+  // two (64 KB; the epilogue's static_assert).
   constexpr int kStages = D == 64 ? 3 : 2;
   return masked ? launch_bwd<kBf16, D, kStages, kBwdBlockMMasked>(p, stream)
                 : launch_bwd<kBf16, D, kStages, kBwdBlockMFull>(p, stream);
