@@ -86,6 +86,16 @@ def test_rule_on_hopper_is_the_builds_coverage(flash, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPE_NAMES)
+def test_hopper_coverage_is_the_documented_one(flash, dtype):
+    """With our Hopper kernels linked: the forward covers head dims 64, 128 and 256, the backward
+    64 and 128 (README, "The Hopper kernels"); without them, nothing."""
+    e = ext(flash)
+    fwd = [d for d in range(8, 257, 8) if e.has_sm90_kernel(dtype, d)]
+    bwd = [d for d in range(8, 257, 8) if e.has_sm90_kernel(dtype, d, True)]
+    assert (fwd, bwd) in (([], []), ([64, 128, 256], [64, 128])), (fwd, bwd, e.build_config())
+
+
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
 def test_rule_alibi_softcap_varlen_run_flashattention2(flash, dtype):
     e = ext(flash)
     for head_dim in BUCKETS:
