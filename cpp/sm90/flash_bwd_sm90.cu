@@ -614,7 +614,11 @@ cudaError_t launch_bwd_for_mask(const BwdParams& p, cudaStream_t stream) {
 
 template <bool kBf16>
 cudaError_t launch_bwd_for_head_dim(const BwdParams& p, cudaStream_t stream) {
-  return p.head_dim == 64 ? launch_bwd_for_mask<kBf16, 64>(p, stream) : launch_bwd_for_mask<kBf16, 128>(p, stream);
+  switch (p.head_dim) {
+    case 64: return launch_bwd_for_mask<kBf16, 64>(p, stream);
+    case 128: return launch_bwd_for_mask<kBf16, 128>(p, stream);
+  }
+  return cudaErrorNotSupported;
 }
 
 }  // namespace
