@@ -3,6 +3,7 @@
 // One CTA owns 128 keys of one (batch, head) and walks the query blocks (BM
 // rows each: 80 without a mask, 64 with one) that can see them, accumulating
 // dK and dV in registers and adding its share of dQ into a float32 buffer.
+// (Head dim 256: 64 keys and 48-row blocks, see kSplitDims below.)
 // Three warpgroups:
 //   producer  (warps 0-3): one thread loads K and V once, then Q and dO
 //             blocks into a ring of stages (TMA, mbarriers); warp 1 adds
@@ -21,6 +22,12 @@
 //             producer's dQ warp (at head dim 64: all dims over its own
 //             64 keys instead). dK's product is issued after dQ^T's, so
 //             that it runs while dQ^T is staged.
+//             At head dim 256, dK and dV of 64 keys would take 256
+//             accumulators per thread, more than a consumer has, so both
+//             consumers take the same 64 keys and each accumulates dK and
+//             dV for half of the head dim. Each computes S^T and dP^T over
+//             all dims itself (twice the work of those two products, but no
+//             exchange) and dQ^T for its own half of the dims.
 // Small kernels around it compute D = rowsum(dO * O) (clearing the dQ buffer
 // on the way) and convert dQ.
 
@@ -35,13 +42,23 @@
 namespace jfa_sm90 {
 namespace {
 
-constexpr int kBwdBlockN = 128;  // keys per CTA
+// Keys per CTA: 128, but 64 at head dim 256 (the consumers split the dims).
+template <int D>
+constexpr int kBwdBlockN = D == 256 ? 64 : 128;
 constexpr int kBwdThreads = 384;
 // Query rows per step: 80 for calls without a mask, 64 for masked ones, whose
 // diagonal blocks would waste more of an 80-row step (docs/hopper-notes.md, b10).
+// At head dim 256, 48 for both: two stages of 64-row Q and dO blocks (128 KB)
+// with K and V (64 KB) and the dS^T and dQ stages exceed shared memory.
 constexpr int kBwdBlockMFull = 80;
 constexpr int kBwdBlockMMasked = 64;
-constexpr int kDsAtomBytes = kBwdBlockN * 32;  // dS^T: 128 key rows of 16 queries
+constexpr int kBwdBlockM256 = 48;
+// dS^T is stored in columns of 16 queries: the CTA's key rows, 32 bytes each.
+template <int D>
+constexpr int kDsAtomBytes = kBwdBlockN<D> * 32;
+// dQ^T tiles of 64 head dims a consumer computes per query block.
+template <int D>
+constexpr int kDqTiles = D == 256 ? 2 : 1;
 
 struct BwdArgs {
   // Per (batch, head), stats_rows rows each: lse * log2(e) (+inf past
@@ -59,10 +76,11 @@ struct BwdArgs {
 
 template <int D, int kStages, int BM>
 struct BwdSmem {
-  static constexpr int kKVBytes = kBwdBlockN * D * 2;
+  static constexpr int kKVBytes = kBwdBlockN<D> * D * 2;
   static constexpr int kQBytes = BM * D * 2;
-  static constexpr int kDsBytes = kBwdBlockN * BM * 2;
-  static constexpr int kDqStageBytes = BM * 64 * 4;  // a warpgroup's float32 dQ^T tile
+  // Two dS^T buffers: alternate blocks' at D = 64 and 128, each consumer's own at 256.
+  static constexpr int kDsBytes = kBwdBlockN<D> * BM * 2;
+  static constexpr int kDqStageBytes = kDqTiles<D> * BM * 64 * 4;  // a warpgroup's float32 dQ^T tiles
   static constexpr int kK = 0;
   static constexpr int kV = kK + kKVBytes;
   static constexpr int kQ = kV + kKVBytes;
@@ -71,8 +89,8 @@ struct BwdSmem {
   static constexpr int kDq = kDs + 2 * kDsBytes;
   // Three buffers of a query block's statistics (BM lse, BM D).
   static constexpr int kStats = kDq + 2 * kDqStageBytes;
-  // At D = 64 each consumer keeps its own copy (see flash_bwd_kernel).
-  static constexpr int kBars = kStats + (D == 64 ? 2 : 1) * 3 * 2 * BM * 4;
+  // Except at D = 128 each consumer keeps its own copy (see flash_bwd_kernel).
+  static constexpr int kBars = kStats + (D == 128 ? 1 : 2) * 3 * 2 * BM * 4;
   // kv_full, then q_full, do_full, q_empty per stage.
   static constexpr int kBytes = kBars + 8 * (1 + 3 * kStages) + 1024;  // + alignment slack
   static_assert(kBytes <= 227 * 1024, "shared memory");
@@ -90,7 +108,7 @@ __device__ __forceinline__ int64_t dq_tile_offset(int64_t bh, int m_blocks, int 
 __device__ __forceinline__ void consumers_sync() { named_bar_sync<256>(3); }
 __device__ __forceinline__ void s_dp_turn_wait() { named_bar_sync<256>(6); }
 __device__ __forceinline__ void s_dp_turn_pass() { named_bar_arrive<256>(6); }
-// One consumer's own (128 threads; at D = 64, where they exchange nothing): 11 + wg.
+// One consumer's own (128 threads; at D = 64 and 256, where they exchange nothing): 11 + wg.
 __device__ __forceinline__ void consumer_sync(int wg) { named_bar_sync<128>(11 + wg); }
 
 // A consumer's dQ stage is handed to the producer's dQ warp and back through
@@ -115,16 +133,24 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
                const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap do_map,
                const BwdArgs a) {
   using L = BwdSmem<D, kStages, BM>;
+  constexpr int kBlockN = kBwdBlockN<D>;
   constexpr int kBoxes = D / kBoxCols;
-  constexpr int kAcc = D / 2;     // dK, dV floats per thread (m64 x D)
-  constexpr int kRowAcc = BM / 2;  // S^T, dP^T, dQ^T floats per thread (m64 x BM)
-  // dQ^T's product has M = 64 head dims per consumer. At D = 128 each
-  // consumer takes half of the dims over all 128 keys (the dS^T exchange);
-  // at D = 64 each takes all dims over its own 64 keys, and both tiles are
-  // added to the same place in dq_accum.
-  static_assert(D == 64 || D == 128, "head dims");
+  // At D = 256 both consumers own the same 64 keys, each dK and dV for half
+  // of the dims; otherwise each owns 64 keys and all dims.
+  static_assert(D == 64 || D == 128 || D == 256, "head dims");
+  constexpr bool kSplitDims = D == 256;
+  constexpr int kAccDims = kSplitDims ? D / 2 : D;
+  constexpr int kAcc = kAccDims / 2;  // dK, dV floats per thread (m64 x kAccDims)
+  constexpr int kRowAcc = BM / 2;     // S^T, dP^T, a dQ^T tile: floats per thread (m64 x BM)
+  // dQ^T's product has M = 64 head dims. At D = 128 each consumer takes half
+  // of the dims over all 128 keys (the dS^T exchange); at D = 64 each takes
+  // all dims over its own 64 keys, and both tiles are added to the same place
+  // in dq_accum; at D = 256 each takes its half of the dims (two tiles) over
+  // the 64 keys, from its own dS^T.
   constexpr bool kDqSplitsKeys = D == 64;
-  constexpr int kDqKeys = kDqSplitsKeys ? 64 : kBwdBlockN;
+  constexpr bool kExchangeDs = D == 128;
+  constexpr int kDqKeys = kDqSplitsKeys ? 64 : kBlockN;
+  constexpr int kTiles = kDqTiles<D>;
 
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = align_1024(smem_raw);
@@ -144,7 +170,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   const int n_block = blockIdx.x, head = blockIdx.y, batch = blockIdx.z;
   const int head_k = head / a.group;
   const int64_t bh = static_cast<int64_t>(batch) * a.heads + head;
-  const int n0 = n_block * kBwdBlockN;
+  const int n0 = n_block * kBlockN;
   const int warpgroup = warpgroup_index();
 
   if (threadIdx.x == 0) {
@@ -160,7 +186,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
 
   // Query blocks that see any of keys [n0, n_last].
   const int offset = a.seqlen_k - a.seqlen_q;
-  const int n_last = min(n0 + kBwdBlockN, a.seqlen_k) - 1;
+  const int n_last = min(n0 + kBlockN, a.seqlen_k) - 1;
   const int q_first = a.window_right < 0 ? 0 : max(0, n0 - offset - a.window_right);
   const int q_last =
       a.window_left < 0 ? a.seqlen_q - 1 : min(a.seqlen_q - 1, n_last - offset + a.window_left);
@@ -175,8 +201,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       prefetch_map(&do_map);
       mbar_expect_tx(kv_full, 2 * L::kKVBytes);
       for (int c = 0; c < kBoxes; ++c) {
-        tma_load(sK + c * kBwdBlockN * kBoxRowBytes, &k_map, kv_full, c * kBoxCols, head_k, n0, batch);
-        tma_load(sV + c * kBwdBlockN * kBoxRowBytes, &v_map, kv_full, c * kBoxCols, head_k, n0, batch);
+        tma_load(sK + c * kBlockN * kBoxRowBytes, &k_map, kv_full, c * kBoxCols, head_k, n0, batch);
+        tma_load(sV + c * kBlockN * kBoxRowBytes, &v_map, kv_full, c * kBoxCols, head_k, n0, batch);
       }
       for (int i = 0; i < n_iter; ++i) {
         const int s = i % kStages, use = i / kStages;
@@ -199,7 +225,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         for (int wg = 0; wg < 2; ++wg) {
           dq_stage_wait_full(wg);
           if (threadIdx.x == 32) {
-            bulk_reduce_add(a.dq_accum + dq_tile_offset<D, BM>(bh, m_blocks, m_lo + i, kDqSplitsKeys ? 0 : wg),
+            bulk_reduce_add(a.dq_accum + dq_tile_offset<D, BM>(bh, m_blocks, m_lo + i, kDqSplitsKeys ? 0 : wg * kTiles),
                             reinterpret_cast<const float*>(sdQ + wg * L::kDqStageBytes), L::kDqStageBytes);
             bulk_wait_read();
           }
@@ -211,23 +237,26 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   }
 
   asm volatile("setmaxnreg.inc.sync.aligned.u32 240;");
-  const int wg = warpgroup - 1;  // keys n0 + 64 wg .. n0 + 64 wg + 63
+  const int wg = warpgroup - 1;  // keys n0 + 64 wg .. n0 + 64 wg + 63 (at D = 256: n0 .. n0 + 63)
   const int lane = threadIdx.x % 32;
   const int warp = (threadIdx.x / 32) % 4;
-  const int key_local = wg * 64 + warp * 16 + lane / 4;  // and + 8
+  const int wg_key_local = kSplitDims ? 0 : wg * 64;
+  const int key_local = wg_key_local + warp * 16 + lane / 4;  // and + 8
   const int key0 = n0 + key_local;
   const int col = 2 * (lane % 4);  // within each 8-column group, + {0, 1}
-  const int wg_key_lo = n0 + wg * 64, wg_key_hi = wg_key_lo + 63;
+  const int wg_key_lo = n0 + wg_key_local, wg_key_hi = wg_key_lo + 63;
   const int wg_thread = threadIdx.x % 128;
+  // dK and dV of head dims [dim0, dim0 + kAccDims): the first of them is in box dim0 / 64.
+  const int dim0 = kSplitDims ? wg * kAccDims : 0;
 
   float dv[kAcc], dk[kAcc];
 #pragma unroll
   for (int i = 0; i < kAcc; ++i) dv[i] = dk[i] = 0.f;
-  float s_acc[kRowAcc], dp_acc[kRowAcc], dq_acc[kRowAcc];
+  float s_acc[kRowAcc], dp_acc[kRowAcc], dq_acc[kTiles][kRowAcc];
   uint32_t p[BM / 4], ds[BM / 4];
 
-  const unsigned char* k_rows = sK + wg * 64 * kBoxRowBytes;
-  const unsigned char* v_rows = sV + wg * 64 * kBoxRowBytes;
+  const unsigned char* k_rows = sK + wg_key_local * kBoxRowBytes;
+  const unsigned char* v_rows = sV + wg_key_local * kBoxRowBytes;
 
   // acc = rows tile^T: this warpgroup's 64 keys of K (or V) against the BM
   // rows of Q (or dO), both K-major over the head dim, as one commit group.
@@ -236,7 +265,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     const uint64_t da = desc(rows, 16, 1024), db = desc(tile, 16, 1024);
     pin(acc);
     wgmma_fence();
-    mma_ss_k_major<typename Gmma<kBf16, BM, kK, kK>::SS, D / 16>(da, kBwdBlockN * kBoxRowBytes, db,
+    mma_ss_k_major<typename Gmma<kBf16, BM, kK, kK>::SS, D / 16>(da, kBlockN * kBoxRowBytes, db,
                                                                 BM * kBoxRowBytes, acc);
     wgmma_commit();
   };
@@ -251,17 +280,20 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     transposed_product(v_rows, do_tile, dp_acc);
   };
 
-  // This warpgroup's dQ^T tile goes to shared memory in accumulator order
+  // This warpgroup's dQ^T tiles go to shared memory in accumulator order
   // (float4 v of thread t at 128 v + t, so that a warp's stores are
-  // contiguous and free of bank conflicts) and from there to dq_accum with
-  // one bulk reduce-add by the dQ warp; dq_convert_kernel undoes the order.
+  // contiguous and free of bank conflicts), one after the other as in
+  // dq_accum, and from there to dq_accum with one bulk reduce-add by the dQ
+  // warp; dq_convert_kernel undoes the order.
   float* dq_stage = reinterpret_cast<float*>(sdQ + wg * L::kDqStageBytes);
   auto stage_dq = [&]() {
     dq_stage_wait_empty(wg);
 #pragma unroll
-    for (int v4 = 0; v4 < kRowAcc / 4; ++v4)
-      reinterpret_cast<float4*>(dq_stage)[v4 * 128 + wg_thread] =
-          make_float4(dq_acc[4 * v4], dq_acc[4 * v4 + 1], dq_acc[4 * v4 + 2], dq_acc[4 * v4 + 3]);
+    for (int t = 0; t < kTiles; ++t)
+#pragma unroll
+      for (int v4 = 0; v4 < kRowAcc / 4; ++v4)
+        reinterpret_cast<float4*>(dq_stage + t * BM * 64)[v4 * 128 + wg_thread] = make_float4(
+            dq_acc[t][4 * v4], dq_acc[t][4 * v4 + 1], dq_acc[t][4 * v4 + 2], dq_acc[t][4 * v4 + 3]);
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     dq_stage_mark_full(wg);
   };
@@ -272,19 +304,19 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   // starts and stores it after block i's dS exchange (block_sync), which all
   // reads of block i - 1 are before and all reads of block i + 2 after (the
   // exchange of block i + 1). Held in registers instead they cost 2-4%
-  // (docs/hopper-notes.md, b5-b10). At D = 64 the consumers share no dS^T:
-  // each keeps its own copy of the statistics and syncs only its own threads
-  // (+3-6% there, b17).
-  constexpr int kStatThreads = kDqSplitsKeys ? 128 : 256;
+  // (docs/hopper-notes.md, b5-b10). At D = 64 and 256 the consumers share no
+  // dS^T: each keeps its own copy of the statistics and syncs only its own
+  // threads (+3-6% at D = 64, b17).
+  constexpr int kStatThreads = kExchangeDs ? 256 : 128;
   constexpr int kStatsPerThread = (2 * BM + kStatThreads - 1) / kStatThreads;
   struct Stats { float x[kStatsPerThread]; };
-  const int stats_thread = kDqSplitsKeys ? wg_thread : threadIdx.x - 128;
-  float* my_stats = stats_smem + (kDqSplitsKeys ? wg * 3 * 2 * BM : 0);
+  const int stats_thread = kExchangeDs ? threadIdx.x - 128 : wg_thread;
+  float* my_stats = stats_smem + (kExchangeDs ? 0 : wg * 3 * 2 * BM);
   auto block_sync = [&]() {
-    if constexpr (kDqSplitsKeys)
-      consumer_sync(wg);
-    else
+    if constexpr (kExchangeDs)
       consumers_sync();
+    else
+      consumer_sync(wg);
   };
   auto stat_load = [&](int i) {
     Stats r;
@@ -382,10 +414,12 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     }
 
     // dV += P^T dO now; dK += dS^T Q after dQ, so that it runs while dQ is
-    // staged. dO and Q are MN-major B operands.
-    const uint64_t d_do = desc(do_tile, BM * kBoxRowBytes, 1024);
-    const uint64_t d_q = desc(q_tile, BM * kBoxRowBytes, 1024);
-    using RsMma = typename Gmma<kBf16, D, kK, kMN>::RS;
+    // staged. dO and Q are MN-major B operands, of which this warpgroup's
+    // dims start at box dim0 / 64.
+    const int dim_box_bytes = dim0 / kBoxCols * BM * kBoxRowBytes;
+    const uint64_t d_do = desc(do_tile + dim_box_bytes, BM * kBoxRowBytes, 1024);
+    const uint64_t d_q = desc(q_tile + dim_box_bytes, BM * kBoxRowBytes, 1024);
+    using RsMma = typename Gmma<kBf16, kAccDims, kK, kMN>::RS;
     pin(dv);
     pin(p);
     wgmma_fence();
@@ -393,18 +427,19 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     wgmma_commit();
 
     // dS^T into shared memory as the MN-major B operand of dQ^T's product:
-    // columns of 16 queries (32-byte rows of the 128 keys, 32-byte swizzle:
+    // columns of 16 queries (32-byte rows of the CTA's keys, 32-byte swizzle:
     // the two 16-byte halves of a row swap when bit 2 of the row is set), in
     // one of two buffers (the other may still be read by the other
-    // consumer's dQ^T product of the previous step).
-    unsigned char* ds_tile = sdS + (i % 2) * L::kDsBytes;
+    // consumer's dQ^T product of the previous step; at D = 256 each
+    // consumer writes its own copy, read by no one else).
+    unsigned char* ds_tile = sdS + (kSplitDims ? wg : i % 2) * L::kDsBytes;
 #pragma unroll
     for (int j = 0; j < BM / 8; ++j)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int row = key_local + 8 * r;
         const int half = (j % 2) ^ ((row / 4) % 2);
-        *reinterpret_cast<uint32_t*>(ds_tile + (j / 2) * kDsAtomBytes + row * 32 + half * 16 + col * 2) =
+        *reinterpret_cast<uint32_t*>(ds_tile + (j / 2) * kDsAtomBytes<D> + row * 32 + half * 16 + col * 2) =
             ds[2 * j + r];
       }
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
@@ -412,31 +447,37 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     stat_store(i + 2, next_stat);
 
     // dQ^T = K^T dS^T: at D = 128 head dims [64 wg, 64 wg + 64) over all
-    // 128 keys, at D = 64 all dims over this warpgroup's keys. K^T (head dim
-    // contiguous) and dS^T (queries contiguous) are both MN-major.
-    const uint64_t d_kt = kDqSplitsKeys ? desc(k_rows, kBwdBlockN * kBoxRowBytes, 1024)
-                                        : desc(sK + wg * kBwdBlockN * kBoxRowBytes, kBwdBlockN * kBoxRowBytes, 1024);
-    const uint64_t d_ds = desc(ds_tile + (kDqSplitsKeys ? wg * 64 * 32 : 0), kDsAtomBytes, 8 * 32, kSwizzle32B);
+    // 128 keys, at D = 64 all dims over this warpgroup's keys, at D = 256
+    // dims [128 wg, 128 wg + 128) as two tiles. K^T (head dim contiguous)
+    // and dS^T (queries contiguous) are both MN-major; the dims of tile t
+    // are K's box wg * kTiles + t.
+    const uint64_t d_kt = kDqSplitsKeys ? desc(k_rows, kBlockN * kBoxRowBytes, 1024)
+                                        : desc(sK + wg * kTiles * kBlockN * kBoxRowBytes, kBlockN * kBoxRowBytes, 1024);
+    const uint64_t d_ds = desc(ds_tile + (kDqSplitsKeys ? wg * 64 * 32 : 0), kDsAtomBytes<D>, 8 * 32, kSwizzle32B);
     // dV first: that frees P^T's registers for dQ^T's accumulators (at 80
     // rows, ptxas otherwise serialises every wgmma for want of registers).
     wgmma_wait<0>();
     pin(dv);
     pin(p);
-    pin(dq_acc);
+#pragma unroll
+    for (int t = 0; t < kTiles; ++t) pin(dq_acc[t]);
     pin(dk);
     pin(ds);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kDqKeys / 16; ++kk)
-      mma_ss<typename Gmma<kBf16, BM, kMN, kMN>::SS>(desc_add(d_kt, kk * 16 * kBoxRowBytes),
-                                                     desc_add(d_ds, kk * 16 * 32), dq_acc, kk > 0,
-                                                     std::make_index_sequence<kRowAcc>{});
+    for (int t = 0; t < kTiles; ++t)
+#pragma unroll
+      for (int kk = 0; kk < kDqKeys / 16; ++kk)
+        mma_ss<typename Gmma<kBf16, BM, kMN, kMN>::SS>(desc_add(d_kt, (t * kBlockN + kk * 16) * kBoxRowBytes),
+                                                       desc_add(d_ds, kk * 16 * 32), dq_acc[t], kk > 0,
+                                                       std::make_index_sequence<kRowAcc>{});
     wgmma_commit();
     mma_rs_mn_major<RsMma, BM / 16>(ds, d_q, dk);
     wgmma_commit();
 
     wgmma_wait<1>();
-    pin(dq_acc);
+#pragma unroll
+    for (int t = 0; t < kTiles; ++t) pin(dq_acc[t]);
     stage_dq();
     wgmma_wait<0>();
     pin(dk);
@@ -447,18 +488,18 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   // dK (scaled) and dV for this head's keys, [batch, seqlen_k, heads, D], go
   // through shared memory so that each key's row leaves in 16-byte stores:
   // straight from the accumulators they would be 4-byte pieces of 8 rows per
-  // warp store. A warp holds whole rows (16 keys), so it stages and stores
-  // them alone, in the Q, dO and dS^T buffers, which are free once both
-  // consumers are past their last products.
+  // warp store. A warp holds whole rows (16 keys; at D = 256 their half from
+  // dim0), so it stages and stores them alone, in the Q, dO and dS^T buffers,
+  // which are free once both consumers are past their last products.
   consumers_sync();
-  constexpr int kOutPitch = D / 2 + 4;  // words; the padding keeps the 8 rows of a store on distinct banks
-  constexpr int kWarpRows = 16, kChunks = D * 2 / 16;  // 16-byte pieces per row
+  constexpr int kOutPitch = kAccDims / 2 + 4;  // words; the padding keeps the 8 rows of a store on distinct banks
+  constexpr int kWarpRows = 16, kChunks = kAccDims * 2 / 16;  // 16-byte pieces per row
   uint32_t* stage = reinterpret_cast<uint32_t*>(sQ) + (wg * 4 + warp) * 2 * kWarpRows * kOutPitch;
   static_assert(8 * 2 * kWarpRows * kOutPitch * 4 <= L::kDq - L::kQ, "dK/dV stage");
 #pragma unroll
   for (int r = 0; r < 2; ++r)
 #pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
+    for (int j = 0; j < kAccDims / 8; ++j) {
       const int word = (lane / 4 + 8 * r) * kOutPitch + (8 * j + col) / 2;
       stage[word] = pack<kBf16>(dk[4 * j + 2 * r] * a.scale, dk[4 * j + 2 * r + 1] * a.scale);
       stage[kWarpRows * kOutPitch + word] = pack<kBf16>(dv[4 * j + 2 * r], dv[4 * j + 2 * r + 1]);
@@ -473,8 +514,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     const int t = lane / kWarpRows, r = lane % kWarpRows;
     const int key = key0 - lane / 4 + r;  // the warp's first key + r
     if (key < a.seqlen_k) {
-      const int64_t row = ((static_cast<int64_t>(batch) * a.seqlen_k + key) * a.heads + head) * D;
-      bulk_store(static_cast<uint16_t*>(t ? a.dv : a.dk) + row, stage + (t * kWarpRows + r) * kOutPitch, D * 2);
+      const int64_t row = ((static_cast<int64_t>(batch) * a.seqlen_k + key) * a.heads + head) * D + dim0;
+      bulk_store(static_cast<uint16_t*>(t ? a.dv : a.dk) + row, stage + (t * kWarpRows + r) * kOutPitch,
+                 kAccDims * 2);
       bulk_commit();
       bulk_wait_read();  // the row is read before the CTA's shared memory goes
     }
@@ -486,7 +528,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       const int key = key0 - lane / 4 + r;  // the warp's first key + r
       if (key >= a.seqlen_k) continue;
       const uint4 x = *reinterpret_cast<const uint4*>(stage + (t * kWarpRows + r) * kOutPitch + 4 * chunk);
-      const int64_t row = ((static_cast<int64_t>(batch) * a.seqlen_k + key) * a.heads + head) * D;
+      const int64_t row = ((static_cast<int64_t>(batch) * a.seqlen_k + key) * a.heads + head) * D + dim0;
       reinterpret_cast<uint4*>(static_cast<uint16_t*>(t ? a.dv : a.dk) + row)[chunk] = x;
     }
   }
@@ -569,8 +611,8 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
   cudaError_t e;
   if ((e = make_map(&q_map, p.q, kBf16, p.batch, p.seqlen_q, p.heads, D, BM)) != cudaSuccess ||
       (e = make_map(&do_map, p.dout, kBf16, p.batch, p.seqlen_q, p.heads, D, BM)) != cudaSuccess ||
-      (e = make_map(&k_map, p.k, kBf16, p.batch, p.seqlen_k, p.heads_k, D, kBwdBlockN)) != cudaSuccess ||
-      (e = make_map(&v_map, p.v, kBf16, p.batch, p.seqlen_k, p.heads_k, D, kBwdBlockN)) != cudaSuccess)
+      (e = make_map(&k_map, p.k, kBf16, p.batch, p.seqlen_k, p.heads_k, D, kBwdBlockN<D>)) != cudaSuccess ||
+      (e = make_map(&v_map, p.v, kBf16, p.batch, p.seqlen_k, p.heads_k, D, kBwdBlockN<D>)) != cudaSuccess)
     return e;
   const BwdScratch scratch = bwd_scratch_elems(p.batch, p.heads, p.seqlen_q, D);
   const int64_t stat_rows = scratch.row_stats / 2;  // [batch, heads, padded_q]
@@ -592,7 +634,7 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
   if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem)) !=
       cudaSuccess)
     return e;
-  const dim3 grid((p.seqlen_k + kBwdBlockN - 1) / kBwdBlockN, p.heads, p.batch);
+  const dim3 grid((p.seqlen_k + kBwdBlockN<D> - 1) / kBwdBlockN<D>, p.heads, p.batch);
   kernel<<<grid, kBwdThreads, smem, stream>>>(q_map, k_map, v_map, do_map, a);
 
   const dim3 convert_grid(D / 64 * m_blocks, p.heads, p.batch);
@@ -608,8 +650,11 @@ cudaError_t launch_bwd_for_mask(const BwdParams& p, cudaStream_t stream) {
   // dK/dV stage (72 KB) is larger than the Q, dO and dS^T buffers are with
   // two (64 KB; the epilogue's static_assert).
   constexpr int kStages = D == 64 ? 3 : 2;
-  return masked ? launch_bwd<kBf16, D, kStages, kBwdBlockMMasked>(p, stream)
-                : launch_bwd<kBf16, D, kStages, kBwdBlockMFull>(p, stream);
+  if constexpr (D == 256)
+    return launch_bwd<kBf16, D, kStages, kBwdBlockM256>(p, stream);
+  else
+    return masked ? launch_bwd<kBf16, D, kStages, kBwdBlockMMasked>(p, stream)
+                  : launch_bwd<kBf16, D, kStages, kBwdBlockMFull>(p, stream);
 }
 
 template <bool kBf16>
@@ -617,6 +662,7 @@ cudaError_t launch_bwd_for_head_dim(const BwdParams& p, cudaStream_t stream) {
   switch (p.head_dim) {
     case 64: return launch_bwd_for_mask<kBf16, 64>(p, stream);
     case 128: return launch_bwd_for_mask<kBf16, 128>(p, stream);
+    case 256: return launch_bwd_for_mask<kBf16, 256>(p, stream);
   }
   return cudaErrorNotSupported;
 }
@@ -624,7 +670,7 @@ cudaError_t launch_bwd_for_head_dim(const BwdParams& p, cudaStream_t stream) {
 }  // namespace
 
 bool bwd_supported(const Shape& s) {
-  return (s.head_dim == 64 || s.head_dim == 128) && s.softmax_scale > 0.f && s.heads_k > 0 && s.heads % s.heads_k == 0;
+  return (s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256) && s.softmax_scale > 0.f && s.heads_k > 0 && s.heads % s.heads_k == 0;
 }
 
 cudaError_t run_bwd(const BwdParams& p, cudaStream_t stream) {

@@ -63,17 +63,22 @@ struct BwdParams : Shape {
 // Whether this build has a backward kernel for the shape's dtype and head dim.
 __attribute__((weak)) bool bwd_supported(const Shape& s);
 
-// Float32 scratch the backward needs: dq_accum holds dQ in blocks of 64 or
-// 80 query rows, softmax_d the log-sum-exp and rowsum(dO * O) of every padded
-// row.
+// Float32 scratch the backward needs: dq_accum holds dQ in blocks of 48, 64
+// or 80 query rows, softmax_d the log-sum-exp and rowsum(dO * O) of every
+// padded row.
 struct BwdScratch {
   int64_t dq_accum;
   int64_t row_stats;
 };
 inline BwdScratch bwd_scratch_elems(int64_t batch, int64_t heads, int64_t seqlen_q,
                                     int64_t head_dim) {
-  const int64_t padded_64 = (seqlen_q + 63) / 64 * 64, padded_80 = (seqlen_q + 79) / 80 * 80;
-  const int64_t rows = batch * heads * (padded_64 > padded_80 ? padded_64 : padded_80);
+  const int64_t blocks[] = {48, 64, 80};
+  int64_t padded = 0;
+  for (const int64_t block : blocks) {
+    const int64_t p = (seqlen_q + block - 1) / block * block;
+    padded = p > padded ? p : padded;
+  }
+  const int64_t rows = batch * heads * padded;
   return {rows * head_dim, 2 * rows};
 }
 

@@ -205,6 +205,7 @@ struct Gmma;
     using SS = gmma::MMA_64x##N##x16_F32F16F16_SS<kA, kB>;               \
     using RS = gmma::MMA_64x##N##x16_F32F16F16_RS<kA, kB>;               \
   };
+JFA_SM90_GMMA(48)
 JFA_SM90_GMMA(64)
 JFA_SM90_GMMA(80)
 JFA_SM90_GMMA(128)

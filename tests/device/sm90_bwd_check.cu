@@ -1,8 +1,9 @@
 // Standalone check of our Hopper backward (cpp/sm90/flash_bwd_sm90.cu) without
 // JAX: dq, dk, dv against a float32 GPU reference on small shapes (max error
 // over max |reference|, see max_rel), then, with any argument, CUDA-event timing on
-// the benchmark shapes ("bench 64": head dim 64, with 32 heads; "ncu [SEQ]": one point,
-// 4k by default, for a profiler). Build as
+// the benchmark shapes ("bench 64": head dim 64, with 32 heads, "bench 256" with 8;
+// "ncu [SEQ]": one point,
+// 4k by default, for a profiler; "only D": no timing, the cases of head dim D). Build as
 // tests/device/sm90_fwd_check.cu says.
 #include "../../cpp/sm90/flash_fwd_sm90.cu"
 #include "../../cpp/sm90/flash_bwd_sm90.cu"
@@ -197,13 +198,20 @@ int main(int argc, char** argv) {
       {1, 128, 128, 1, 1, 64, -1, -1},  {2, 300, 1000, 4, 2, 64, -1, -1},
       {1, 1000, 1000, 2, 2, 64, -1, 0}, {1, 500, 77, 2, 1, 64, -1, 0},
       {2, 1024, 1024, 2, 2, 64, 100, 50}, {1, 513, 700, 3, 1, 64, 0, 0},
+      {1, 128, 128, 1, 1, 256, -1, -1}, {2, 300, 1000, 4, 2, 256, -1, -1},
+      {1, 1000, 1000, 2, 2, 256, -1, 0}, {1, 77, 500, 2, 1, 256, -1, 0},
+      {1, 500, 77, 2, 1, 256, -1, 0},  {2, 1024, 1024, 2, 2, 256, 100, 50},
+      {1, 513, 700, 3, 1, 256, 0, 0},  {1, 200, 40, 2, 2, 256, 10, 0},
   };
+  // "only D": the cases of head dim D alone (for compute-sanitizer).
+  const int only = argc > 2 && std::string(argv[1]) == "only" ? atoi(argv[2]) : 0;
   for (const Case& c : cases) {
+    if (only && c.d != only) continue;
     fails += !check<__nv_bfloat16>(true, c.b, c.sq, c.sk, c.h, c.hk, c.d, c.wl, c.wr, seed++);
     fails += !check<__half>(false, c.b, c.sq, c.sk, c.h, c.hk, c.d, c.wl, c.wr, seed++);
   }
   printf("%d failures\n", fails);
-  if (argc > 1) {
+  if (argc > 1 && !only) {
     const int d = argc > 2 ? atoi(argv[2]) : 128;  // "bench 64": head dim 64
     for (int seq : {512, 1024, 2048, 4096, 8192, 16384}) bench(seq, false, d);
     for (int seq : {512, 1024, 2048, 4096, 8192, 16384}) bench(seq, true, d);
