@@ -645,16 +645,17 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
 
 template <bool kBf16, int D>
 cudaError_t launch_bwd_for_mask(const BwdParams& p, cudaStream_t stream) {
-  const bool masked = p.window_left >= 0 || p.window_right >= 0;
   // At D = 64 a third Q/dO stage fits, and the 64-row kernel needs one: its
   // dK/dV stage (72 KB) is larger than the Q, dO and dS^T buffers are with
   // two (64 KB; the epilogue's static_assert).
   constexpr int kStages = D == 64 ? 3 : 2;
-  if constexpr (D == 256)
+  if constexpr (D == 256) {
     return launch_bwd<kBf16, D, kStages, kBwdBlockM256>(p, stream);
-  else
+  } else {
+    const bool masked = p.window_left >= 0 || p.window_right >= 0;
     return masked ? launch_bwd<kBf16, D, kStages, kBwdBlockMMasked>(p, stream)
                   : launch_bwd<kBf16, D, kStages, kBwdBlockMFull>(p, stream);
+  }
 }
 
 template <bool kBf16>
@@ -669,9 +670,7 @@ cudaError_t launch_bwd_for_head_dim(const BwdParams& p, cudaStream_t stream) {
 
 }  // namespace
 
-bool bwd_supported(const Shape& s) {
-  return (s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256) && s.softmax_scale > 0.f && s.heads_k > 0 && s.heads % s.heads_k == 0;
-}
+bool bwd_supported(const Shape& s) { return shape_covered(s); }
 
 cudaError_t run_bwd(const BwdParams& p, cudaStream_t stream) {
   if (!bwd_supported(p)) return cudaErrorNotSupported;

@@ -619,10 +619,7 @@ cudaError_t dispatch_dim(const FwdParams& p, cudaStream_t stream) {
 
 }  // namespace
 
-bool fwd_supported(const Shape& s) {
-  return (s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256) && s.softmax_scale > 0.f &&
-         s.heads_k > 0 && s.heads % s.heads_k == 0;
-}
+bool fwd_supported(const Shape& s) { return shape_covered(s); }
 
 cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {
   if (!fwd_supported(p)) return cudaErrorNotSupported;

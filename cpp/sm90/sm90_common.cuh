@@ -29,6 +29,13 @@ constexpr int kBoxRowBytes = 128;
 
 namespace gmma = cute::SM90::GMMA;
 
+// The shapes both directions' kernels cover; fwd_supported and bwd_supported
+// stay two symbols because each lives in its own (weakly linked) object.
+inline bool shape_covered(const Shape& s) {
+  return (s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256) && s.softmax_scale > 0.f &&
+         s.heads_k > 0 && s.heads % s.heads_k == 0;
+}
+
 // ---------------------------------------------------------------------------
 // PTX wrappers: shared-memory barriers, TMA, wgmma bookkeeping.
 
