@@ -218,11 +218,14 @@ CASES = [
     ("batch4-sq300", (4, 300, 300, 2, 2), {}),
     # 512 query tiles, more than an H100 has SMs: the persistent forward walks several per CTA.
     ("tiles-over-sms-gqa", (4, 1000, 1000, 16, 4), {}),
+    # From 4096 keys up the forward takes other kernels (O from registers; at d 64, 192-key blocks).
+    ("sq300-sk4500", (1, 300, 4500, 4, 2), {}),
+    ("causal-sq700-sk4500", (1, 700, 4500, 4, 1), dict(is_causal=True)),
 ]
 CASES_BY_ID = {c[0]: c for c in CASES}
 # Every dtype and head dim, on the cases that exercise the most code.
 WIDE_CASES = ["sq77", "sq1000-sk300", "causal-sq1000-sk300", "window-empty-rows", "gqa-causal", "sq2048",
-              "tiles-over-sms-gqa"]
+              "tiles-over-sms-gqa", "sq300-sk4500", "causal-sq700-sk4500"]
 
 
 def check_both_paths(flash, rng, dtype, head_dim, case):

@@ -4,7 +4,7 @@ usage: compute-sanitizer --tool memcheck --kernel-name kns=flash python sanitize
 Odd sizes on purpose: partial tiles at every edge, GQA, causal and windowed, and
 ALiBi with the deterministic backward and an lse gradient, more query tiles than an
 H100 has SMs, unmasked and causal (the Hopper forward then walks several per CTA, by a
-fixed stride or from its tile queue); then split-KV decoding
+fixed stride or from its tile queue), at d 64 over 4096 keys (192-key blocks); then split-KV decoding
 against contiguous and paged caches, with appends and several splits.
 """
 
@@ -21,6 +21,8 @@ for (b, sq, sk, h, hk, d), options in [((2, 77, 133, 4, 2, 128), dict(is_causal=
                                         ((1, 1, 300, 2, 2, 100), {}),
                                         ((2, 77, 133, 4, 2, 64), dict(is_causal=True)),
                                         ((1, 300, 200, 2, 1, 64), {}),
+                                        ((1, 130, 4100, 2, 2, 64), {}),  # from 4096 keys: 192-key blocks
+                                        ((1, 150, 4200, 2, 1, 64), dict(is_causal=True)),
                                         ((2, 77, 133, 4, 2, 256), dict(is_causal=True)),
                                         ((1, 600, 600, 32, 8, 128), {}),
                                         ((1, 600, 600, 32, 8, 128), dict(is_causal=True)),
