@@ -14,8 +14,8 @@ jflash_attn-rust (ours), attn-einsum, attn-flax, jax-nn-xla, jax-nn-cudnn, fa2-j
 (flash_attn_jax), fa3-jax (flash_attn3_jax); those not importable are noted and
 left out, and a method that fails at a point is recorded as skipped. Each point
 reports the median over --iters samples; a sample enqueues enough calls back to
-back to last about 2 ms (at most 50; one call from 2 ms up) and divides by their
-number. On CPU, sizes not given default to a tiny configuration so CI runs the
+back to last about 20 ms (at most 400 calls), waits for the last, and divides by
+their number. On CPU, sizes not given default to a tiny configuration so CI runs the
 code path (flash_mha then runs its pure-JAX reference). --merge times nothing: it
 combines earlier runs' --json records, per point the median of their medians
 (single points move by up to 10-30% between runs on a shared GPU).
@@ -122,13 +122,14 @@ def draw_inputs(key, shape, dtype, count):
     return [tuple(arrays[3 * i:3 * i + 3]) for i in range(count)], arrays[-1]
 
 
-# A timed sample lasts at least this long: short calls are enqueued back to
-# back and waited on once, so that the latency of a blocking call (0.1-0.3 ms
-# on top of the kernel through jit, and jittery) is spread over several calls
-# instead of being counted whole against each, as a training loop that does
-# not block sees it. Long calls are timed one by one.
-MIN_SAMPLE_MS = 2.0
-MAX_CALLS_PER_SAMPLE = 50
+# A timed sample lasts at least this long: calls are enqueued back to back and
+# waited on once, so that the latency of a blocking call (0.1-0.3 ms on top of
+# the kernel through jit, and jittery) is spread over many calls instead of
+# being counted whole against each, as a training loop that does not block
+# sees it. (Until 2026-12-02 a sample lasted about 2 ms, so that wait was 5-15%
+# of a short call's sample, and calls from 2 ms up were timed one by one.)
+MIN_SAMPLE_MS = 20.0
+MAX_CALLS_PER_SAMPLE = 400
 
 
 def time_step(step, input_sets, cotangent, warmup, iters):
@@ -143,8 +144,11 @@ def time_step(step, input_sets, cotangent, warmup, iters):
     times = []
     for i in range(iters):
         start = time.perf_counter()
-        outs = [step(*input_sets[(i * calls + c) % len(input_sets)], cotangent) for c in range(calls)]
-        jax.block_until_ready(outs)
+        for c in range(calls):
+            # One device runs its calls in order: waiting for the last waits for
+            # all, and the earlier outputs are freed as they are dropped.
+            out = step(*input_sets[(i * calls + c) % len(input_sets)], cotangent)
+        jax.block_until_ready(out)
         times.append((time.perf_counter() - start) * 1e3 / calls)
     return times
 
