@@ -5,7 +5,8 @@ Odd sizes on purpose: partial tiles at every edge, GQA, causal and windowed, and
 ALiBi with the deterministic backward and an lse gradient, more query tiles than an
 H100 has SMs, unmasked and causal (the Hopper forward then walks several per CTA, by a
 fixed stride or from its tile queue), at d 64 over 4096 keys (192-key blocks); then split-KV decoding
-against contiguous and paged caches, with appends and several splits.
+against contiguous and paged caches, with appends and several splits. A case whose
+head dim the wheel was built without is skipped, with a line saying so.
 """
 
 import sys
@@ -30,7 +31,13 @@ for (b, sq, sk, h, hk, d), options in [((2, 77, 133, 4, 2, 128), dict(is_causal=
                                                                       deterministic=True, return_lse=True))]:
     q = jnp.asarray(rng.standard_normal((b, sq, h, d)), jnp.bfloat16)
     k, v = (jnp.asarray(rng.standard_normal((b, sk, hk, d)), jnp.bfloat16) for _ in range(2))
-    out, pullback = jax.vjp(lambda q, k, v: flash.flash_mha(q, k, v, **options), q, k, v)
+    try:
+        out, pullback = jax.vjp(lambda q, k, v: flash.flash_mha(q, k, v, **options), q, k, v)
+    except ValueError as e:  # a wheel built with fewer head dims; anything else propagates
+        if "has no kernel" not in str(e):
+            raise
+        print(f"skipped head_dim {d}: {e}")
+        continue
     # With return_lse, out is (out, lse): its cotangent makes the second backward call run too.
     jax.block_until_ready(pullback(jax.tree.map(jnp.ones_like, out)))
 for paged, splits in ((False, 3), (True, 0)):
