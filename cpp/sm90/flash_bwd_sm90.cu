@@ -104,7 +104,7 @@ __device__ __forceinline__ int64_t dq_tile_offset(int64_t bh, int m_blocks, int 
 }
 
 // Named barriers of both consumers (256 threads): 3 for the dS exchange, 6
-// for the S/dP turn.
+// for the S/dP turn (D = 128 only).
 __device__ __forceinline__ void consumers_sync() { named_bar_sync<256>(3); }
 __device__ __forceinline__ void s_dp_turn_wait() { named_bar_sync<256>(6); }
 __device__ __forceinline__ void s_dp_turn_pass() { named_bar_arrive<256>(6); }
@@ -357,10 +357,18 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
 #pragma unroll
     for (int j = 0; j < BM / 8; ++j) lse[j] = *reinterpret_cast<const float2*>(st + 8 * j + col);
     // Warpgroup 1 issues its S and dP products after warpgroup 0's, so that
-    // the first one's softmax overlaps the second one's products.
-    if (wg == 1) s_dp_turn_wait();
+    // the first one's softmax overlaps the second one's products. Only where
+    // the dS exchange keeps the two in step (D = 128): the turn is one-way, so
+    // a warpgroup 0 a block ahead would arrive twice and complete the barrier
+    // without warpgroup 1, which then waits forever (it hung at D = 64 in the
+    // benchmark tool; docs/hopper-notes.md, b19).
+    if constexpr (kExchangeDs) {
+      if (wg == 1) s_dp_turn_wait();
+    }
     issue_s_dp(i);
-    if (wg == 0) s_dp_turn_pass();
+    if constexpr (kExchangeDs) {
+      if (wg == 0) s_dp_turn_pass();
+    }
     const int q0 = (m_lo + i) * BM;
     const unsigned char* q_tile = sQ + s * L::kQBytes;
     const unsigned char* do_tile = sdO + s * L::kQBytes;
@@ -647,9 +655,8 @@ template <bool kBf16, int D>
 cudaError_t launch_bwd_for_mask(const BwdParams& p, cudaStream_t stream) {
   // At D = 64 a third Q/dO stage fits, and the 64-row kernel needs one: its
   // dK/dV stage (72 KB) is larger than the Q, dO and dS^T buffers are with
-  // two (64 KB; the epilogue's static_assert). Four hung in the standalone
-  // check's bench run, though its d 64 cases alone pass (b64k4s,
-  // docs/hopper-notes.md): find out why before raising this.
+  // two (64 KB; the epilogue's static_assert). Four hung with the one-way S/dP
+  // turn (b64k4s); without it (b19) four are untested on a GPU.
   constexpr int kStages = D == 64 ? 3 : 2;
   if constexpr (D == 256) {
     return launch_bwd<kBf16, D, kStages, kBwdBlockM256>(p, stream);
