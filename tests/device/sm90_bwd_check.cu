@@ -1,7 +1,8 @@
 // Standalone check of our Hopper backward (cpp/sm90/flash_bwd_sm90.cu) without
 // JAX: dq, dk, dv against a float32 GPU reference on small shapes (max error
 // over max |reference|, see max_rel), then, with any argument, CUDA-event timing on
-// the benchmark shapes ("bench 64": head dim 64, with 32 heads, "bench 256" with 8;
+// the benchmark shapes ("bench 64": head dim 64, with 32 heads, "bench 256" with 8; "stress D":
+// those five times over, for hangs;
 // "ncu [SEQ]": one point,
 // 4k by default, for a profiler; "only D": no timing, the cases of head dim D). Build as
 // tests/device/sm90_fwd_check.cu says.
@@ -186,6 +187,7 @@ void bench(int seq, bool causal, int d = 128) {
 }
 
 int main(int argc, char** argv) {
+  setvbuf(stdout, nullptr, _IOLBF, 0);  // a run killed by a timeout keeps every line it printed
   if (argc > 1 && std::string(argv[1]) == "ncu") { bench(argc > 2 ? atoi(argv[2]) : 4096, false); return 0; }
   int fails = 0, seed = 99;
   struct Case { int b, sq, sk, h, hk, d, wl, wr; };
@@ -213,8 +215,14 @@ int main(int argc, char** argv) {
   printf("%d failures\n", fails);
   if (argc > 1 && !only) {
     const int d = argc > 2 ? atoi(argv[2]) : 128;  // "bench 64": head dim 64
-    for (int seq : {512, 1024, 2048, 4096, 8192, 16384}) bench(seq, false, d);
-    for (int seq : {512, 1024, 2048, 4096, 8192, 16384}) bench(seq, true, d);
+    // "stress D": the timing shapes five times over. A consumer running ahead of the other
+    // (b19's hang) needs long calls, which the check cases are too short for; run it under
+    // `timeout`.
+    const int rounds = std::string(argv[1]) == "stress" ? 5 : 1;
+    for (int round = 0; round < rounds; ++round) {
+      for (int seq : {512, 1024, 2048, 4096, 8192, 16384}) bench(seq, false, d);
+      for (int seq : {512, 1024, 2048, 4096, 8192, 16384}) bench(seq, true, d);
+    }
   }
   return fails != 0;
 }
