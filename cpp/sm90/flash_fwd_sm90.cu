@@ -610,8 +610,8 @@ cudaError_t dispatch_dim(const FwdParams& p, cudaStream_t stream) {
   switch (p.head_dim) {
     // Tiles and stages measured on an H200 (docs/hopper-notes.md). At d 128 a
     // third stage fits but gains nothing unmasked and costs masked calls 2-5%
-    // (f2st). At d 64, 192-key blocks (f64n192) gain 2-3% unmasked and 3-7%
-    // causal from 4k keys up but lose 10-14% at 512-1k.
+    // (f2st). At d 64, 192-key blocks (f64n192) gain 2-3% unmasked and 3-8%
+    // causal from 4k keys up but lose 8-15% at 512-1k.
     case 64:
       return p.seqlen_k >= 4096 ? launch<kBf16, 64, 192, 3>(p, stream)
                                 : launch<kBf16, 64, 128, 4>(p, stream);
