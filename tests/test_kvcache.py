@@ -25,6 +25,13 @@ def draw(rng, shape, dtype=jnp.float32):
     return jnp.asarray(rng.standard_normal(shape, np.float32), dtype)
 
 
+def skip_without_split_kv(flash, dtype="bfloat16"):
+    """On a GPU, flash_mha_with_kvcache refuses (even to lower) a call its build
+    has no split-KV kernel for (--//cpp:splitkv=false)."""
+    if on_gpu() and not (flash.has_kernel(dtype, 128) and flash._binding.extension.has_kvcache_kernel(dtype, 128)):
+        pytest.skip(f"no split-KV kernel for {dtype}/128 in this build ({flash.build_config()})")
+
+
 def paged_copy(rng, caches, num_blocks):
     """Contiguous caches [batch, capacity, ...] laid out in the same shuffled
     pages: ([pages [num_blocks, PAGE, ...] per cache], block_table int32
@@ -141,6 +148,7 @@ def test_bad_input_raises(flash, case):
 
 
 def test_traced_lengths_that_do_not_fit_give_nan(flash):
+    skip_without_split_kv(flash)
     q = jnp.ones((3, 1, 2, 128), jnp.bfloat16)
     cache = jnp.ones((3, 256, 2, 128), jnp.bfloat16)
     new = jnp.ones((3, 2, 2, 128), jnp.bfloat16)
@@ -159,6 +167,7 @@ def test_not_differentiable(flash):
 
 @pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
 def test_lowering_to_the_kvcache_call(flash, paged):
+    skip_without_split_kv(flash)
     q = jax.ShapeDtypeStruct((2, 1, 8, 128), jnp.bfloat16)
     cache = jax.ShapeDtypeStruct((6 if paged else 2, 512, 2, 128), jnp.bfloat16)
     new = jax.ShapeDtypeStruct((2, 1, 2, 128), jnp.bfloat16)
@@ -224,9 +233,7 @@ GPU_CASES = [
 @pytest.mark.parametrize("case", GPU_CASES, ids=[c[0] for c in GPU_CASES])
 def test_kernels_match_reference(flash, rng, case, dtype, paged, splits):
     _, batch, sq, h, hk, lengths, new, options = case
-    if not flash.has_kernel(jnp.dtype(dtype).name, 128) or not flash._binding.extension.has_kvcache_kernel(
-            jnp.dtype(dtype).name, 128):
-        pytest.skip(f"no split-KV kernel for {jnp.dtype(dtype).name}/128 in this build ({flash.build_config()})")
+    skip_without_split_kv(flash, jnp.dtype(dtype).name)
     capacity = 1024 + (PAGE if new else 0)
     q = draw(rng, (batch, sq, h, 128), dtype)
     k_cache, v_cache = draw(rng, (batch, capacity, hk, 128), dtype), draw(rng, (batch, capacity, hk, 128), dtype)
@@ -262,8 +269,7 @@ def test_kernels_match_reference(flash, rng, case, dtype, paged, splits):
 
 @requires_gpu
 def test_donated_cache_is_updated_in_place(flash, rng):
-    if not flash._binding.extension.has_kvcache_kernel("bfloat16", 128):
-        pytest.skip(f"no split-KV kernel for bfloat16/128 in this build ({flash.build_config()})")
+    skip_without_split_kv(flash)
     q = draw(rng, (2, 1, 8, 128), jnp.bfloat16)
     cache = draw(rng, (2, 512, 8, 128), jnp.bfloat16)
     new = draw(rng, (2, 1, 8, 128), jnp.bfloat16)
