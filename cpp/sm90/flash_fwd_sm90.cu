@@ -611,12 +611,19 @@ cudaError_t dispatch_dim(const FwdParams& p, cudaStream_t stream) {
     // Tiles and stages measured on an H200 (docs/hopper-notes.md). At d 128 a
     // third stage fits but gains nothing unmasked and costs masked calls 2-5%
     // (f2st). At d 64, 192-key blocks (f64n192) gain 2-3% unmasked and 3-8%
-    // causal from 4k keys up but lose 8-15% at 512-1k.
+    // causal from 4k keys up but lose 8-15% at 512-1k. At d 256, 80-key
+    // blocks (f256n80) gain 6-15% unmasked from 1k (even at 512) and 3-5%
+    // causal from 4k keys, but lose 2-18% causal below (their masked kernel
+    // spills 60 bytes).
     case 64:
       return p.seqlen_k >= 4096 ? launch<kBf16, 64, 192, 3>(p, stream)
                                 : launch<kBf16, 64, 128, 4>(p, stream);
     case 128: return launch<kBf16, 128, 128, 2>(p, stream);
-    case 256: return launch<kBf16, 256, 64, 2>(p, stream);
+    case 256: {
+      const bool masked = p.window_left >= 0 || p.window_right >= 0;
+      const bool long_rows = p.window_left < 0 && p.seqlen_k >= 4096;  // causal: rows see ~half the keys
+      return masked && !long_rows ? launch<kBf16, 256, 64, 2>(p, stream) : launch<kBf16, 256, 80, 2>(p, stream);
+    }
   }
   return cudaErrorNotSupported;
 }

@@ -4,9 +4,10 @@ usage: compute-sanitizer --tool memcheck --kernel-name kns=flash python sanitize
 Odd sizes on purpose: partial tiles at every edge, GQA, causal and windowed, and
 ALiBi with the deterministic backward and an lse gradient, more query tiles than an
 H100 has SMs, unmasked and causal (the Hopper forward then walks several per CTA, by a
-fixed stride or from its tile queue), at d 64 over 4096 keys (192-key blocks); then split-KV decoding
-against contiguous and paged caches, with appends and several splits. A case whose
-head dim the wheel was built without is skipped, with a line saying so.
+fixed stride or from its tile queue), at d 64 over 4096 keys (192-key blocks), at d 256 with 80-key
+blocks (unmasked, and causal over 4096 keys); then split-KV decoding against contiguous and paged
+caches, with appends and several splits. A case the wheel was built without (a head dim, the
+split-KV kernels) is skipped, with a line saying so.
 """
 
 import sys
@@ -25,6 +26,8 @@ for (b, sq, sk, h, hk, d), options in [((2, 77, 133, 4, 2, 128), dict(is_causal=
                                         ((1, 130, 4100, 2, 2, 64), {}),  # from 4096 keys: 192-key blocks
                                         ((1, 150, 4200, 2, 1, 64), dict(is_causal=True)),
                                         ((2, 77, 133, 4, 2, 256), dict(is_causal=True)),
+                                        ((1, 300, 200, 2, 1, 256), {}),  # unmasked: 80-key blocks
+                                        ((1, 150, 4200, 2, 1, 256), dict(is_causal=True)),  # causal from 4096 keys: 80
                                         ((1, 600, 600, 32, 8, 128), {}),
                                         ((1, 600, 600, 32, 8, 128), dict(is_causal=True)),
                                         ((2, 99, 99, 4, 4, 128), dict(alibi_slopes=np.float32([.5, .25, .125, .0625]),
@@ -40,7 +43,10 @@ for (b, sq, sk, h, hk, d), options in [((2, 77, 133, 4, 2, 128), dict(is_causal=
         continue
     # With return_lse, out is (out, lse): its cotangent makes the second backward call run too.
     jax.block_until_ready(pullback(jax.tree.map(jnp.ones_like, out)))
-for paged, splits in ((False, 3), (True, 0)):
+split_kv = flash._binding.extension.has_kvcache_kernel("bfloat16", 128)
+if not split_kv:
+    print(f"skipped split-KV decoding: no split-KV kernel for bfloat16/128 ({flash.build_config()})")
+for paged, splits in ((False, 3), (True, 0)) if split_kv else ():
     q = jnp.asarray(rng.standard_normal((3, 2, 8, 128)), jnp.bfloat16)
     cache = jnp.asarray(rng.standard_normal((6 if paged else 3, 512, 2, 128)), jnp.bfloat16)
     new = jnp.asarray(rng.standard_normal((3, 2, 2, 128)), jnp.bfloat16)

@@ -144,10 +144,12 @@ int main(int argc, char** argv) {
       // More tiles than SMs: the persistent launch gives each CTA several.
       {4, 1000, 1000, 16, 4, 128, -1, -1}, {2, 1024, 1024, 16, 16, 64, -1, -1},
       {2, 700, 900, 16, 8, 256, -1, -1},
-      // Over 4k keys: unmasked O stored from registers; at d 64, 192-key blocks.
+      // Over 4k keys: unmasked O stored from registers; at d 64, 192-key blocks;
+      // at d 256, causal calls take 80-key blocks (unmasked ones at any length).
       {1, 300, 4500, 2, 1, 128, -1, -1}, {2, 1000, 4200, 16, 4, 128, -1, -1},
       {1, 200, 5000, 2, 2, 64, -1, -1}, {1, 700, 4500, 2, 1, 64, -1, 0},
-      {1, 4200, 4200, 2, 2, 64, 300, 0},
+      {1, 4200, 4200, 2, 2, 64, 300, 0}, {1, 700, 4500, 2, 1, 256, -1, 0},
+      {1, 4200, 4200, 2, 2, 256, 300, 0},
       // Masked, more tiles than SMs: CTAs claim tiles from a queue.
       {4, 1000, 1000, 16, 4, 128, -1, 0}, {2, 2048, 2048, 16, 16, 64, 256, 0},
       {8, 600, 100, 16, 16, 128, -1, 0},  {3, 900, 1200, 12, 4, 256, 300, 10},
