@@ -653,11 +653,12 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
 
 template <bool kBf16, int D>
 cudaError_t launch_bwd_for_mask(const BwdParams& p, cudaStream_t stream) {
-  // At D = 64 a third Q/dO stage fits, and the 64-row kernel needs one: its
+  // At D = 64 more Q/dO stages fit, and the 64-row kernel needs a third: its
   // dK/dV stage (72 KB) is larger than the Q, dO and dS^T buffers are with
-  // two (64 KB; the epilogue's static_assert). Four hung with the one-way S/dP
-  // turn (b64k4s); without it (b19) four are untested on a GPU.
-  constexpr int kStages = D == 64 ? 3 : 2;
+  // two (64 KB; the epilogue's static_assert). A fourth gains 3-6% causal
+  // from 2k, unmasked within 1% (bnt4); it hung only with the one-way S/dP
+  // turn (b64k4s), which b19 removed at D = 64.
+  constexpr int kStages = D == 64 ? 4 : 2;
   if constexpr (D == 256) {
     return launch_bwd<kBf16, D, kStages, kBwdBlockM256>(p, stream);
   } else {
