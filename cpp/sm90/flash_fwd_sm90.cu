@@ -620,9 +620,12 @@ cudaError_t dispatch_dim(const FwdParams& p, cudaStream_t stream) {
                                 : launch<kBf16, 64, 128, 4>(p, stream);
     case 128: return launch<kBf16, 128, 128, 2>(p, stream);
     case 256: {
+      // Masked calls keep 64-key blocks unless their rows see many keys: no
+      // left bound (causal) and 4096 keys or more.
       const bool masked = p.window_left >= 0 || p.window_right >= 0;
-      const bool long_rows = p.window_left < 0 && p.seqlen_k >= 4096;  // causal: rows see ~half the keys
-      return masked && !long_rows ? launch<kBf16, 256, 64, 2>(p, stream) : launch<kBf16, 256, 80, 2>(p, stream);
+      const bool many_keys = p.window_left < 0 && p.seqlen_k >= 4096;
+      return masked && !many_keys ? launch<kBf16, 256, 64, 2>(p, stream)
+                                  : launch<kBf16, 256, 80, 2>(p, stream);
     }
   }
   return cudaErrorNotSupported;
