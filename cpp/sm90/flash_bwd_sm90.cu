@@ -662,7 +662,7 @@ cudaError_t launch_bwd_for_mask(const BwdParams& p, cudaStream_t stream) {
   if constexpr (D == 256) {
     return launch_bwd<kBf16, D, kStages, kBwdBlockM256>(p, stream);
   } else {
-    const bool masked = p.window_left >= 0 || p.window_right >= 0;
+    const bool masked = has_mask(p);
     return masked ? launch_bwd<kBf16, D, kStages, kBwdBlockMMasked>(p, stream)
                   : launch_bwd<kBf16, D, kStages, kBwdBlockMFull>(p, stream);
   }

@@ -577,7 +577,7 @@ cudaError_t launch(const FwdParams& p, cudaStream_t stream) {
     return e;
   int grid = std::min(a.tiles, sms);
   if (grid == 0) return cudaSuccess;
-  const bool masked = p.window_left >= 0 || p.window_right >= 0;
+  const bool masked = has_mask(p);
   if (masked) {
     const int64_t kv_bytes = int64_t(p.seqlen_k) * D * 2 * 2 / a.group;  // a query head's share
     a.group_bh = static_cast<int>(std::clamp<int64_t>((int64_t{32} << 20) / std::max<int64_t>(kv_bytes, 1), 1,
@@ -622,7 +622,7 @@ cudaError_t dispatch_dim(const FwdParams& p, cudaStream_t stream) {
     case 256: {
       // Masked calls keep 64-key blocks unless their rows see many keys: no
       // left bound (causal) and 4096 keys or more.
-      const bool masked = p.window_left >= 0 || p.window_right >= 0;
+      const bool masked = has_mask(p);
       const bool many_keys = p.window_left < 0 && p.seqlen_k >= 4096;
       return masked && !many_keys ? launch<kBf16, 256, 64, 2>(p, stream)
                                   : launch<kBf16, 256, 80, 2>(p, stream);

@@ -36,6 +36,10 @@ inline bool shape_covered(const Shape& s) {
          s.heads_k > 0 && s.heads % s.heads_k == 0;
 }
 
+// Causal or windowed: the calls whose key blocks are partly masked, which
+// both directions give their own tiles.
+inline bool has_mask(const Shape& s) { return s.window_left >= 0 || s.window_right >= 0; }
+
 // ---------------------------------------------------------------------------
 // PTX wrappers: shared-memory barriers, TMA, wgmma bookkeeping.
 
