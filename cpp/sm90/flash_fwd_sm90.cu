@@ -614,11 +614,14 @@ cudaError_t dispatch_dim(const FwdParams& p, cudaStream_t stream) {
     // causal from 4k keys up but lose 8-15% at 512-1k. At d 256, 80-key
     // blocks (f256n80) gain 6-15% unmasked from 1k (even at 512) and 3-5%
     // causal from 4k keys, but lose 2-18% causal below (their masked kernel
-    // spills 60 bytes).
+    // spills 60 bytes). At d 128, 176-key blocks (f128mix, no O stage: it no
+    // longer fits) gain 2-3% unmasked over 4k keys and lose below.
     case 64:
       return p.seqlen_k >= 4096 ? launch<kBf16, 64, 192, 3>(p, stream)
                                 : launch<kBf16, 64, 128, 4>(p, stream);
-    case 128: return launch<kBf16, 128, 128, 2>(p, stream);
+    case 128:
+      return !has_mask(p) && p.seqlen_k > 4096 ? launch<kBf16, 128, 176, 2>(p, stream)
+                                               : launch<kBf16, 128, 128, 2>(p, stream);
     case 256: {
       // Masked calls keep 64-key blocks unless their rows see many keys: no
       // left bound (causal) and 4096 keys or more.

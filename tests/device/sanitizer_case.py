@@ -4,9 +4,9 @@ usage: compute-sanitizer --tool memcheck --kernel-name kns=flash python sanitize
 Odd sizes on purpose: partial tiles at every edge, GQA, causal and windowed, and
 ALiBi with the deterministic backward and an lse gradient, more query tiles than an
 H100 has SMs, unmasked and causal (the Hopper forward then walks several per CTA, by a
-fixed stride or from its tile queue), at d 64 over 4096 keys (192-key blocks), at d 256 with 80-key
-blocks (unmasked, and causal over 4096 keys); then split-KV decoding against contiguous and paged
-caches, with appends and several splits. A case the wheel was built without (a head dim, the
+fixed stride or from its tile queue), at d 64 over 4096 keys (192-key blocks), at d 128 over 4096
+keys (176-key blocks, unmasked), at d 256 with 80-key blocks (unmasked, and causal over 4096
+keys); then split-KV decoding against contiguous and paged caches, with appends and several splits. A case the wheel was built without (a head dim, the
 split-KV kernels) is skipped, with a line saying so.
 """
 
@@ -28,6 +28,7 @@ for (b, sq, sk, h, hk, d), options in [((2, 77, 133, 4, 2, 128), dict(is_causal=
                                         ((2, 77, 133, 4, 2, 256), dict(is_causal=True)),
                                         ((1, 300, 200, 2, 1, 256), {}),  # unmasked: 80-key blocks
                                         ((1, 150, 4200, 2, 1, 256), dict(is_causal=True)),  # causal from 4096 keys: 80
+                                        ((1, 130, 4200, 2, 1, 128), {}),  # over 4096 keys: 176-key blocks
                                         ((1, 600, 600, 32, 8, 128), {}),
                                         ((1, 600, 600, 32, 8, 128), dict(is_causal=True)),
                                         ((2, 99, 99, 4, 4, 128), dict(alibi_slopes=np.float32([.5, .25, .125, .0625]),

@@ -145,7 +145,9 @@ int main(int argc, char** argv) {
       {4, 1000, 1000, 16, 4, 128, -1, -1}, {2, 1024, 1024, 16, 16, 64, -1, -1},
       {2, 700, 900, 16, 8, 256, -1, -1},
       // Over 4k keys: unmasked O stored from registers; at d 64, 192-key blocks;
-      // at d 256, causal calls take 80-key blocks (unmasked ones at any length).
+      // at d 128, unmasked calls take 176-key blocks (4500 and 4200 keys: a
+      // partial last block); at d 256, causal calls take 80-key blocks
+      // (unmasked ones at any length).
       {1, 300, 4500, 2, 1, 128, -1, -1}, {2, 1000, 4200, 16, 4, 128, -1, -1},
       {1, 200, 5000, 2, 2, 64, -1, -1}, {1, 700, 4500, 2, 1, 64, -1, 0},
       {1, 4200, 4200, 2, 2, 64, 300, 0}, {1, 700, 4500, 2, 1, 256, -1, 0},
