@@ -219,7 +219,7 @@ CASES = [
     # 512 query tiles, more than an H100 has SMs: the persistent forward walks several per CTA.
     ("tiles-over-sms-gqa", (4, 1000, 1000, 16, 4), {}),
     # From 4096 keys up the forward takes other kernels (O from registers; at d 64, 192-key blocks;
-    # at d 128, unmasked calls over 4096 keys 176-key blocks; at d 256, causal calls take 80-key
+    # at d 128, unmasked calls over 4096 keys take 176-key blocks; at d 256, causal calls take 80-key
     # blocks as unmasked ones do at any length).
     ("sq300-sk4500", (1, 300, 4500, 4, 2), {}),
     ("causal-sq700-sk4500", (1, 700, 4500, 4, 1), dict(is_causal=True)),

@@ -544,8 +544,11 @@ cudaError_t next_queue(TileQueue** queue) {
   return cudaSuccess;
 }
 
-template <bool kBf16, int D, int kBlockN, int kStages>
+// kMaskable = false leaves out the masked kernel for tiles that dispatch_dim
+// only picks for unmasked calls (one kernel less to compile and ship).
+template <bool kBf16, int D, int kBlockN, int kStages, bool kMaskable = true>
 cudaError_t launch(const FwdParams& p, cudaStream_t stream) {
+  if (!kMaskable && has_mask(p)) return cudaErrorNotSupported;
   CUtensorMap q_map, k_map, v_map;
   CUtensorMap o_map{};  // read only by kernels that stage O
   cudaError_t e;
@@ -593,9 +596,10 @@ cudaError_t launch(const FwdParams& p, cudaStream_t stream) {
   const bool stage_o = kStage && (masked || p.seqlen_k <= 4096);
   if (stage_o && (e = make_map(&o_map, p.out, kBf16, p.batch, p.seqlen_q, p.heads, D, 64)) != cudaSuccess)
     return e;
-  auto kernel = masked    ? flash_fwd_kernel<kBf16, D, kBlockN, kStages, true, kStage>
-                : stage_o ? flash_fwd_kernel<kBf16, D, kBlockN, kStages, false, kStage>
-                          : flash_fwd_kernel<kBf16, D, kBlockN, kStages, false, false>;
+  auto kernel = stage_o ? flash_fwd_kernel<kBf16, D, kBlockN, kStages, false, kStage>
+                        : flash_fwd_kernel<kBf16, D, kBlockN, kStages, false, false>;
+  if constexpr (kMaskable)
+    if (masked) kernel = flash_fwd_kernel<kBf16, D, kBlockN, kStages, true, kStage>;
   const int smem =
       stage_o ? Smem<D, kBlockN, kStages, true>::kBytes : Smem<D, kBlockN, kStages, false>::kBytes;
   if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem)) !=
@@ -620,7 +624,7 @@ cudaError_t dispatch_dim(const FwdParams& p, cudaStream_t stream) {
       return p.seqlen_k >= 4096 ? launch<kBf16, 64, 192, 3>(p, stream)
                                 : launch<kBf16, 64, 128, 4>(p, stream);
     case 128:
-      return !has_mask(p) && p.seqlen_k > 4096 ? launch<kBf16, 128, 176, 2>(p, stream)
+      return !has_mask(p) && p.seqlen_k > 4096 ? launch<kBf16, 128, 176, 2, false>(p, stream)
                                                : launch<kBf16, 128, 128, 2>(p, stream);
     case 256: {
       // Masked calls keep 64-key blocks unless their rows see many keys: no

@@ -6,8 +6,9 @@ ALiBi with the deterministic backward and an lse gradient, more query tiles than
 H100 has SMs, unmasked and causal (the Hopper forward then walks several per CTA, by a
 fixed stride or from its tile queue), at d 64 over 4096 keys (192-key blocks), at d 128 over 4096
 keys (176-key blocks, unmasked), at d 256 with 80-key blocks (unmasked, and causal over 4096
-keys); then split-KV decoding against contiguous and paged caches, with appends and several splits. A case the wheel was built without (a head dim, the
-split-KV kernels) is skipped, with a line saying so.
+keys); then split-KV decoding against contiguous and paged caches, with appends and several
+splits. A case the wheel was built without (a head dim, the split-KV kernels) is skipped, with a
+line saying so.
 """
 
 import sys
