@@ -12,6 +12,10 @@ import os
 # 8 CPU devices for tests/test_sharding.py; must be set before JAX starts its backends (on_gpu() below).
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+# Under pytest-xdist several workers share one GPU; each would otherwise reserve 75% of its memory
+# (on an H100 80GB the second worker's reservation failed: RESOURCE_EXHAUSTED at collection).
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax
 import numpy as np
