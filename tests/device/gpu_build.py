@@ -57,7 +57,8 @@ def main():
     ap.add_argument("--rust-extension", help="a _jflash_attn_rust.so built by Bazel")
     ap.add_argument("--reuse", action="store_true",
                     help="keep an object in --work that is newer than its source and every header in cpp/ "
-                         "(a variant of one kernel file then builds in minutes on a warm machine)")
+                         "(a variant of one kernel file then builds in minutes on a warm machine); flags "
+                         "and --archs are not compared, so rerun with the build's own arguments")
     args = ap.parse_args()
 
     os.makedirs(args.work, exist_ok=True)
