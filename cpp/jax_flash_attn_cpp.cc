@@ -28,7 +28,8 @@
 //             rets (dq, dk, dv, dq_accum, softmax_d)
 //   attrs:    softmax_scale f32, is_causal pred, window_left s32, window_right s32,
 //             softcap f32, has_alibi pred; backward also deterministic pred
-//   alibi_slopes is float32 [batch, heads] always; read only when has_alibi.
+//   alibi_slopes is float32 [batch, heads], or the empty float32 [0] when the
+//   call has no ALiBi (refused with has_alibi); read only when has_alibi.
 //   varlen forward:  args (q, k, v, cu_seqlens_q, cu_seqlens_k, alibi_slopes),
 //                    rets (out, softmax_lse)
 //   varlen backward: args (dout, q, k, v, out, softmax_lse, cu_seqlens_q,
@@ -91,6 +92,16 @@ const float* alibi(const ffi::AnyBuffer& slopes, bool has_alibi) {
   return has_alibi ? static_cast<const float*>(slopes.untyped_data()) : nullptr;
 }
 
+// The empty placeholder (float32 [0]) stands for no slopes: with has_alibi
+// the call would read none.
+ffi::Error check_slopes(const ffi::AnyBuffer& slopes, bool has_alibi) {
+  if (has_alibi && slopes.element_count() == 0) {
+    return ffi::Error::InvalidArgument(
+        "alibi_slopes: has_alibi is set but the slopes are the empty placeholder, shape (0,)");
+  }
+  return ffi::Error::Success();
+}
+
 // The device pointers of a forward call, dense or varlen (buffers validated).
 void set_fwd_buffers(jfa_fwd_args& a, const ffi::AnyBuffer& q, const ffi::AnyBuffer& k,
                      const ffi::AnyBuffer& v, const ffi::AnyBuffer& alibi_slopes, bool has_alibi,
@@ -137,6 +148,7 @@ ffi::Error FlashFwd(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi
                                 describe(alibi_slopes), describe(*out), describe(*lse)};
   int status = jfa_fwd_shape_from_buffers(buffers, 6, &args.shape, err, kErrLen);
   if (status != JFA_OK) return to_ffi_error(status, err);
+  if (ffi::Error e = check_slopes(alibi_slopes, has_alibi); e.failure()) return e;
   set_fwd_buffers(args, q, k, v, alibi_slopes, has_alibi, *out, *lse);
   status = jfa_mha_fwd(&args, stream, err, kErrLen);
   return to_ffi_error(status, err);
@@ -160,6 +172,7 @@ ffi::Error FlashBwd(cudaStream_t stream, ffi::AnyBuffer dout, ffi::AnyBuffer q, 
       describe(*softmax_d)};
   int status = jfa_bwd_shape_from_buffers(buffers, 12, &args.shape, err, kErrLen);
   if (status != JFA_OK) return to_ffi_error(status, err);
+  if (ffi::Error e = check_slopes(alibi_slopes, has_alibi); e.failure()) return e;
   set_bwd_buffers(args, dout, q, k, v, out, lse, alibi_slopes, has_alibi, *dq, *dk, *dv, *dq_accum,
                   *softmax_d);
   status = jfa_mha_bwd(&args, stream, err, kErrLen);
@@ -186,6 +199,7 @@ ffi::Error FlashVarlenFwd(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer 
   int status = jfa_varlen_fwd_shape_from_buffers(buffers, 8, &base.shape, &args.total_q,
                                                  &args.total_k, err, kErrLen);
   if (status != JFA_OK) return to_ffi_error(status, err);
+  if (ffi::Error e = check_slopes(alibi_slopes, has_alibi); e.failure()) return e;
   set_fwd_buffers(base, q, k, v, alibi_slopes, has_alibi, *out, *lse);
   args.cu_seqlens_q = static_cast<const int32_t*>(cu_seqlens_q.untyped_data());
   args.cu_seqlens_k = static_cast<const int32_t*>(cu_seqlens_k.untyped_data());
@@ -219,6 +233,7 @@ ffi::Error FlashVarlenBwd(cudaStream_t stream, ffi::AnyBuffer dout, ffi::AnyBuff
   int status = jfa_varlen_bwd_shape_from_buffers(buffers, 14, &base.shape, &args.total_q,
                                                  &args.total_k, err, kErrLen);
   if (status != JFA_OK) return to_ffi_error(status, err);
+  if (ffi::Error e = check_slopes(alibi_slopes, has_alibi); e.failure()) return e;
   set_bwd_buffers(base, dout, q, k, v, out, lse, alibi_slopes, has_alibi, *dq, *dk, *dv, *dq_accum,
                   *softmax_d);
   args.cu_seqlens_q = static_cast<const int32_t*>(cu_seqlens_q.untyped_data());
@@ -246,6 +261,7 @@ ffi::Error FlashKvcacheFwd(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer
                                                   &args.max_blocks_per_seq,
                                                   &args.page_block_size, err, kErrLen);
   if (status != JFA_OK) return to_ffi_error(status, err);
+  if (ffi::Error e = check_slopes(alibi_slopes, has_alibi); e.failure()) return e;
   set_fwd_buffers(base, q, k_cache, v_cache, alibi_slopes, has_alibi, *out, *lse);
   args.seqlens_k = static_cast<const int32_t*>(seqlens_k.untyped_data());
   args.block_table =

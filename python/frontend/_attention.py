@@ -14,8 +14,10 @@ The FFI contract, which both bindings decode alike:
                 window_right i32, softcap f32, has_alibi bool;
                 the backward's also deterministic bool
 
-alibi_slopes is always a float32 [batch, heads] operand (zeros when the call
-has no ALiBi, which has_alibi says), so that the operand lists never change.
+alibi_slopes is always a float32 operand, so that the operand lists never
+change: [batch, heads] with ALiBi, and the empty [0] without it (has_alibi
+says which; the bindings also take [batch, heads] zeros there, which the
+KV-cache and varlen paths still pass).
 
 Also here: drop-in adapters for jax.nn.dot_product_attention and for flax's
 MultiHeadDotProductAttention(attention_fn=...).
@@ -306,14 +308,21 @@ def sum_head_groups(grad, like):
     return grouped.sum(-2).astype(like.dtype)
 
 
+def _no_slopes():
+    """The alibi_slopes operand of a call without ALiBi: empty, never read
+    (has_alibi false). Zeros of the full [batch, heads] would be an XLA kernel
+    of their own in every call (docs/hopper-notes.md, seventh session)."""
+    return jnp.zeros((0,), jnp.float32)
+
+
 def _forward(q, k, v, slopes, options):
     """(out, lse): the per-call function (kernel on CUDA, reference elsewhere),
     partitioned over batch and heads under jit (_sharding) and with a vmapped
     axis folded into the batch. Its operands are q, k, v and, with ALiBi only,
     the [batch, heads] slopes."""
     def kernel(q, k, v, slopes=None):
-        if slopes is None:  # a placeholder operand, never read (has_alibi false)
-            slopes = jnp.zeros((q.shape[0], q.shape[2]), jnp.float32)
+        if slopes is None:
+            slopes = _no_slopes()
         return _kernel_fwd(q, k, v, slopes, options)
 
     def reference(q, k, v, slopes=None):
@@ -344,7 +353,7 @@ def _backward(dout, dlse, q, k, v, out, lse, slopes, options):
     def kernel(*args):
         dout, dlse, q, k, v, out, lse, slopes = unpack(args)
         if slopes is None:
-            slopes = jnp.zeros((q.shape[0], q.shape[2]), jnp.float32)
+            slopes = _no_slopes()
         call = lambda dout, out, v: _kernel_bwd_call(dout, q, k, v, out, lse, slopes, options)
         dq, dk, dv = combine_backward_calls(call, dout, dlse, q, k, v, out, lse)
         return dq, sum_head_groups(dk, k), sum_head_groups(dv, v)

@@ -18,9 +18,9 @@
 //!             the backwards' last deterministic pred;
 //!             the KV-cache one's then has_block_table pred, num_splits s32
 //!
-//! alibi_slopes is always a float32 [batch, heads] buffer, block_table an
-//! int32 [batch, max_blocks_per_seq] one; the kernels read them only when
-//! has_alibi / has_block_table is set.
+//! alibi_slopes is always a float32 buffer, [batch, heads] or (no ALiBi) the
+//! empty [0], block_table an int32 [batch, max_blocks_per_seq] one; the
+//! kernels read them only when has_alibi / has_block_table is set.
 
 use std::ffi::c_void;
 
@@ -167,12 +167,16 @@ fn options(attrs: &[Scalar]) -> (AttentionShape, bool) {
     (shape, has_alibi)
 }
 
-/// The slopes' device pointer when the call has ALiBi, else NULL.
-fn alibi(slopes: &Buffer, has_alibi: bool) -> *const f32 {
-    if has_alibi {
-        slopes.data as *const f32
-    } else {
-        std::ptr::null()
+/// The slopes' device pointer when the call has ALiBi, else NULL. The empty
+/// placeholder (float32 [0]) stands for no slopes: with has_alibi the call
+/// would read none.
+fn alibi(slopes: &Buffer, has_alibi: bool) -> Result<*const f32, FfiError> {
+    match (has_alibi, elements(slopes)) {
+        (false, _) => Ok(std::ptr::null()),
+        (true, 0) => Err(FfiError::invalid_argument(
+            "alibi_slopes: has_alibi is set but the slopes are the empty placeholder, shape (0,)",
+        )),
+        (true, _) => Ok(slopes.data as *const f32),
     }
 }
 
@@ -193,25 +197,35 @@ fn describe_all(ops: &Operands) -> Vec<JfaBuffer> {
 /// The forward's arguments: q, k, v first among the args, the slopes the
 /// `alibi_index`-th (the varlen call has cu_seqlens_q/k before them, the
 /// KV-cache one seqlens_k and block_table).
-fn fwd_args(ops: &Operands, shape: AttentionShape, alibi_index: usize, has_alibi: bool) -> FwdArgs {
+fn fwd_args(
+    ops: &Operands,
+    shape: AttentionShape,
+    alibi_index: usize,
+    has_alibi: bool,
+) -> Result<FwdArgs, FfiError> {
     let [q, k, v] = [0, 1, 2].map(|i| ops.args[i].data as *const c_void);
-    FwdArgs {
+    Ok(FwdArgs {
         shape,
         q,
         k,
         v,
         out: ops.rets[0].data,
         softmax_lse: ops.rets[1].data as *mut f32,
-        alibi_slopes: alibi(ops.args[alibi_index], has_alibi),
+        alibi_slopes: alibi(ops.args[alibi_index], has_alibi)?,
         alibi_slopes_batch_stride: shape.num_heads,
-    }
+    })
 }
 
 /// The backward's: dout, q, k, v, out, softmax_lse first, as in fwd_args.
-fn bwd_args(ops: &Operands, shape: AttentionShape, alibi_index: usize, has_alibi: bool) -> BwdArgs {
+fn bwd_args(
+    ops: &Operands,
+    shape: AttentionShape,
+    alibi_index: usize,
+    has_alibi: bool,
+) -> Result<BwdArgs, FfiError> {
     let [dout, q, k, v, out, lse] = [0, 1, 2, 3, 4, 5].map(|i| ops.args[i].data as *const c_void);
     let [dq, dk, dv, dq_accum, softmax_d] = [0, 1, 2, 3, 4].map(|i| ops.rets[i].data);
-    BwdArgs {
+    Ok(BwdArgs {
         shape,
         q,
         k,
@@ -225,9 +239,9 @@ fn bwd_args(ops: &Operands, shape: AttentionShape, alibi_index: usize, has_alibi
         dq_accum: dq_accum as *mut f32,
         softmax_d: softmax_d as *mut f32,
         dq_accum_elems: elements(ops.rets[3]),
-        alibi_slopes: alibi(ops.args[alibi_index], has_alibi),
+        alibi_slopes: alibi(ops.args[alibi_index], has_alibi)?,
         alibi_slopes_batch_stride: shape.num_heads,
-    }
+    })
 }
 
 /// An int32 buffer's device pointer (cu_seqlens, seqlens_k, block_table).
@@ -238,7 +252,7 @@ fn int32_data(b: &Buffer) -> *const i32 {
 fn fwd(lib: &impl KernelLib, ops: &Operands) -> Result<(), FfiError> {
     let (mut shape, has_alibi) = options(&ops.attrs);
     lib.fwd_shape(&describe_all(ops), &mut shape).map_err(to_ffi_error)?;
-    let args = fwd_args(ops, shape, 3, has_alibi);
+    let args = fwd_args(ops, shape, 3, has_alibi)?;
     // SAFETY: the buffers are XLA's device buffers of the validated shapes.
     unsafe { lib.mha_fwd(&args, ops.stream) }.map_err(to_ffi_error)
 }
@@ -246,7 +260,7 @@ fn fwd(lib: &impl KernelLib, ops: &Operands) -> Result<(), FfiError> {
 fn bwd(lib: &impl KernelLib, ops: &Operands) -> Result<(), FfiError> {
     let (mut shape, has_alibi) = options(&ops.attrs);
     lib.bwd_shape(&describe_all(ops), &mut shape).map_err(to_ffi_error)?;
-    let args = bwd_args(ops, shape, 6, has_alibi);
+    let args = bwd_args(ops, shape, 6, has_alibi)?;
     // SAFETY: as in fwd.
     unsafe { lib.mha_bwd(&args, ops.stream) }.map_err(to_ffi_error)
 }
@@ -256,7 +270,7 @@ fn varlen_fwd(lib: &impl KernelLib, ops: &Operands) -> Result<(), FfiError> {
     let (total_q, total_k) =
         lib.varlen_fwd_shape(&describe_all(ops), &mut shape).map_err(to_ffi_error)?;
     let args = VarlenFwdArgs {
-        base: fwd_args(ops, shape, 5, has_alibi),
+        base: fwd_args(ops, shape, 5, has_alibi)?,
         cu_seqlens_q: int32_data(ops.args[3]),
         cu_seqlens_k: int32_data(ops.args[4]),
         total_q,
@@ -271,7 +285,7 @@ fn varlen_bwd(lib: &impl KernelLib, ops: &Operands) -> Result<(), FfiError> {
     let (total_q, total_k) =
         lib.varlen_bwd_shape(&describe_all(ops), &mut shape).map_err(to_ffi_error)?;
     let args = VarlenBwdArgs {
-        base: bwd_args(ops, shape, 8, has_alibi),
+        base: bwd_args(ops, shape, 8, has_alibi)?,
         cu_seqlens_q: int32_data(ops.args[6]),
         cu_seqlens_k: int32_data(ops.args[7]),
         total_q,
@@ -293,7 +307,7 @@ fn kvcache_fwd(lib: &impl KernelLib, ops: &Operands) -> Result<(), FfiError> {
         .map_err(to_ffi_error)?;
     let block_table = if has_block_table { int32_data(ops.args[4]) } else { std::ptr::null() };
     let args = KvcacheFwdArgs {
-        base: fwd_args(ops, shape, 5, has_alibi),
+        base: fwd_args(ops, shape, 5, has_alibi)?,
         seqlens_k: int32_data(ops.args[3]),
         block_table,
         max_blocks_per_seq,

@@ -169,8 +169,8 @@ typedef struct {
 /* Validate the buffers of an XLA call and derive the shape from them, so that
  * both bindings check alike and give identical messages. The caller sets the
  * option fields of *shape (softmax_scale .. deterministic); these fill the rest.
- * alibi_slopes is float32 [batch, num_heads] and always present (zeros and
- * ignored when the call has no ALiBi).
+ * alibi_slopes is always present: float32 [batch, num_heads], or when the call
+ * has no ALiBi the empty float32 [0] (or any [batch, num_heads], ignored).
  *   forward:  q, k, v, alibi_slopes, out, softmax_lse            (6 buffers)
  *   backward: dout, q, k, v, out, softmax_lse, alibi_slopes,
  *             dq, dk, dv, dq_accum, softmax_d                    (12 buffers)

@@ -449,6 +449,23 @@ fn alibi_slopes_must_be_float32_batch_by_heads() {
 }
 
 #[test]
+fn the_empty_slopes_placeholder_stands_for_none_and_is_refused_with_has_alibi() {
+    let lib = Recorder::default();
+    let mut spec = fwd_spec();
+    spec.args[3].dims = vec![0];
+    assert_eq!(run_fwd(&lib, &spec), None);
+    assert_eq!(lib.launches.borrow()[0].alibi, (0, 4));
+    spec.attrs = fwd_attrs(0.125, false, -1, -1, 0.0, true);
+    let message = "alibi_slopes: has_alibi is set but the slopes are the empty placeholder, shape (0,)";
+    assert_eq!(run_fwd(&lib, &spec), Some((xla::ERROR_INVALID_ARGUMENT, message.into())));
+    let mut spec = bwd_spec();
+    spec.args[6].dims = vec![0];
+    spec.attrs = bwd_attrs(0.125, false, -1, -1, 0.0, true, false);
+    assert_eq!(run_bwd(&lib, &spec), Some((xla::ERROR_INVALID_ARGUMENT, message.into())));
+    assert_eq!(lib.launches.borrow().len(), 1);
+}
+
+#[test]
 fn the_deterministic_backward_takes_whole_splits_of_dq_accum() {
     let split = dq_accum_split();
     let lib = Recorder::default();
