@@ -417,6 +417,8 @@ void sm90_fwd(const jfa_fwd_args& a, cudaStream_t stream) {
   p.v = a.v;
   p.out = a.out;
   p.lse = a.softmax_lse;
+  p.workspace = a.workspace;
+  p.workspace_bytes = a.workspace ? a.workspace_bytes : 0;
   cuda_check(jfa_sm90::run_fwd(p, stream), "Hopper (sm_90a) attention forward");
   launch_check("Hopper (sm_90a) attention forward launch");
 }
@@ -749,6 +751,17 @@ int jfa_fwd_uses_sm90(const jfa_attention_shape* shape, int has_alibi, int is_va
                       int cc_major, int cc_minor) {
   if (shape == nullptr || guarded(nullptr, 0, [&] { check_shape(*shape); }) != JFA_OK) return 0;
   return uses_sm90(*shape, has_alibi != 0, is_varlen != 0, cc_major, cc_minor);
+}
+
+int64_t jfa_fwd_workspace_bytes(const jfa_attention_shape* shape, int has_alibi) {
+  if (shape == nullptr || jfa_sm90::fwd_workspace_bytes == nullptr) return 0;
+  int64_t bytes = 0;
+  guarded(nullptr, 0, [&] {
+    check_shape(*shape);
+    if (takes_sm90_path(uses_sm90, *shape, has_alibi != 0, /*is_varlen=*/false))
+      bytes = jfa_sm90::fwd_workspace_bytes(sm90_shape(*shape));
+  });
+  return bytes;
 }
 
 int jfa_bwd_uses_sm90(const jfa_attention_shape* shape, int has_alibi, int is_varlen,

@@ -223,11 +223,16 @@ CASES = [
     # blocks as unmasked ones do at any length).
     ("sq300-sk4500", (1, 300, 4500, 4, 2), {}),
     ("causal-sq700-sk4500", (1, 700, 4500, 4, 1), dict(is_causal=True)),
+    # Unmasked calls whose last round of tiles would leave SMs idle cut those tiles into pieces of
+    # their keys (on a 132-SM H100: 28 tiles after a whole round, in halves; 32 tiles in quarters;
+    # sq1-sk2048, sq2048 and sq300-sk4500 above are cut too).
+    ("cut-last-round", (1, 1216, 2048, 16, 4), {}),
+    ("cut-in-quarters", (1, 500, 4500, 8, 2), {}),
 ]
 CASES_BY_ID = {c[0]: c for c in CASES}
 # Every dtype and head dim, on the cases that exercise the most code.
 WIDE_CASES = ["sq77", "sq1000-sk300", "causal-sq1000-sk300", "window-empty-rows", "gqa-causal", "sq2048",
-              "tiles-over-sms-gqa", "sq300-sk4500", "causal-sq700-sk4500"]
+              "tiles-over-sms-gqa", "sq300-sk4500", "causal-sq700-sk4500", "cut-last-round"]
 
 
 def check_both_paths(flash, rng, dtype, head_dim, case):

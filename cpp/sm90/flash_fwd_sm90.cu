@@ -2,7 +2,9 @@
 //
 // A CTA computes tiles of 128 query rows of one (batch, head) against every
 // key block they can see; one CTA per SM walks the tiles (by a fixed stride,
-// or for masked calls, whose tiles differ in work, from a queue). Three
+// or for masked calls, whose tiles differ in work, from a queue). Unmasked
+// calls cut the tiles of a last, partial round into pieces of their keys,
+// whose partial results meet in caller scratch (plan_tiles). Three
 // warpgroups:
 //   producer  (warps 0-3): one thread issues TMA loads of Q per tile and of K/V
 //             blocks into a ring of shared-memory stages, completion counted
@@ -33,6 +35,13 @@
 namespace jfa_sm90 {
 namespace {
 
+cudaError_t sm_count(int* sms) {
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return e;
+  return cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device);
+}
+
 constexpr int kBlockM = 128;  // query rows per CTA
 constexpr int kThreads = 384;  // three warpgroups
 
@@ -61,6 +70,15 @@ struct Args {
   int m_blocks, tiles;  // query blocks per (batch, head); tiles = batch * heads * m_blocks
   int batch_heads, group_bh;  // tiles run longest first within groups of group_bh (batch, head)
   TileQueue* queue;           // kQueue kernels (masked calls)
+  // Unmasked calls: work items [0, whole) are tiles; the tiles after them
+  // (fewer than the CTAs) are cut into `split` pieces of their key blocks,
+  // items whole + split * (tile - whole) + piece, up to `items`. A piece's
+  // consumer warpgroup leaves m, l and unnormalised O in `partial`; the last
+  // of a tile's pieces to finish (counted in `arrivals`) folds in the others
+  // and writes the tile.
+  int whole, split, items;
+  float4* partial;
+  unsigned* arrivals;
 };
 
 template <int D, int kBlockN, int kStages, bool kWantStoreO>
@@ -73,8 +91,9 @@ struct Smem {
   static constexpr bool kStoreO = kWantStoreO && kOOffset + kQBytes <= 220 * 1024;
   static constexpr int kBarOffset = kOOffset + (kStoreO ? kQBytes : 0);
   // q_full, q_empty, then k_full, v_full, k_empty, v_empty per stage, then
-  // tile_full and tile_empty per slot of the tile ids.
-  static constexpr int kBytes = kBarOffset + 8 * (2 + 4 * kStages + 4) + 1024;  // + alignment slack
+  // tile_full and tile_empty per slot of the tile ids; then a flag per
+  // consumer warpgroup (a piece's last arrival).
+  static constexpr int kBytes = kBarOffset + 8 * (2 + 4 * kStages + 4) + 8 + 1024;  // + alignment slack
 };
 
 // Key blocks [lo, hi) that rows [row_lo, row_hi] of a query block can see.
@@ -131,6 +150,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // two slots in global memory, as full and empty pairs of these.
   uint64_t* tile_full = bars + 2 + 4 * kStages;
   uint64_t* tile_empty = tile_full + 2;
+  int* last_piece = reinterpret_cast<int*>(tile_empty + 2);
   const int warpgroup = warpgroup_index();
 
   // Tiles run in groups of group_bh (batch, head) pairs (whose keys fit in
@@ -138,9 +158,18 @@ __global__ void __launch_bounds__(kThreads, 1)
   // causal masks) come first, over all its pairs.
   struct Tile {
     int m0, head, batch, n_lo, n_blocks;
+    int piece;  // of a cut tile (its key blocks' share), else -1
+    int slot;   // of a cut tile: its first piece's item - whole
   };
   auto tile = [&](int t) {
     Tile x;
+    x.piece = -1;
+    if (!kQueue && t >= a.whole) {
+      const int cut = (t - a.whole) / a.split;
+      x.piece = t - a.whole - cut * a.split;
+      x.slot = cut * a.split;
+      t = a.whole + cut;
+    }
     int bh, m;  // m: query blocks from the last
     if constexpr (kQueue) {
       const int per_group = a.group_bh * a.m_blocks;
@@ -158,6 +187,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     int n_hi;
     key_range(a, x.m0, min(x.m0 + kBlockM, a.seqlen_q) - 1, kBlockN, &x.n_lo, &n_hi);
     x.n_blocks = max(0, n_hi - x.n_lo);
+    if (x.piece >= 0) {
+      const int lo = x.n_blocks * x.piece / a.split, hi = x.n_blocks * (x.piece + 1) / a.split;
+      x.n_lo += lo;
+      x.n_blocks = hi - lo;
+    }
     return x;
   };
 
@@ -211,7 +245,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         mbar_arrive(&tile_full[k & 1]);
       };
       if (kQueue) publish(0, blockIdx.x);
-      for (int t = blockIdx.x, k = 0; t < a.tiles; ++k) {
+      for (int t = blockIdx.x, k = 0; t < a.items; ++k) {
         const Tile x = tile(t);
         if (x.n_blocks > 0) {
           if (q_uses > 0) mbar_wait(q_empty, (q_uses - 1) & 1);
@@ -431,6 +465,59 @@ __global__ void __launch_bounds__(kThreads, 1)
       store_o_direct(x, inv);
   };
 
+  // A piece of a cut tile: this warpgroup's m, l and unnormalised O go to
+  // its slot (each thread's registers as they are, so a slot is read back by
+  // the same thread of another CTA); the last piece to arrive folds all the
+  // slots in piece order, so the result does not depend on which was last.
+  // Returns whether this was it.
+  auto fold_pieces = [&](const Tile& x) {
+    const int tid = threadIdx.x % 128;
+    constexpr int kSlot = (kOAcc / 4 + 1) * 128;  // float4s per warpgroup and piece
+    auto slot = [&](int piece) { return a.partial + (int64_t(x.slot + piece) * 2 + wg) * kSlot; };
+    float4* mine = slot(x.piece);
+#pragma unroll
+    for (int i = 0; i < kOAcc / 4; ++i)
+      __stcg(&mine[i * 128 + tid], make_float4(o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]));
+    __stcg(&mine[kOAcc / 4 * 128 + tid], make_float4(row_max[0], row_max[1], row_sum[0], row_sum[1]));
+    __threadfence();
+    o_stage_sync(wg);
+    unsigned* count = &a.arrivals[(x.slot / a.split) * 2 + wg];
+    if (tid == 0) {
+      const bool last = atomicAdd(count, 1u) == unsigned(a.split - 1);
+      if (last) *count = 0;  // for the next call that takes these counters
+      last_piece[wg] = last;
+    }
+    o_stage_sync(wg);
+    if (!last_piece[wg]) return false;
+    __threadfence();
+    for (int j = 0; j < a.split; ++j) {
+      const float4* piece = slot(j);
+      const float4 ml = __ldcg(&piece[kOAcc / 4 * 128 + tid]);
+      const float m_j[2] = {ml.x, ml.y}, l_j[2] = {ml.z, ml.w};
+      float f_acc[2] = {0.f, 0.f}, f_j[2] = {1.f, 1.f};
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const float m = j == 0 ? m_j[r] : fmaxf(row_max[r], m_j[r]);
+        const float m_scaled = m == -INFINITY ? 0.f : m * a.scale_log2;
+        if (j > 0) {
+          f_acc[r] = exp2f(row_max[r] * a.scale_log2 - m_scaled);
+          f_j[r] = exp2f(m_j[r] * a.scale_log2 - m_scaled);
+        }
+        row_max[r] = m;
+        row_sum[r] = row_sum[r] * f_acc[r] + l_j[r] * f_j[r];
+      }
+#pragma unroll
+      for (int i = 0; i < kOAcc / 4; ++i) {
+        const float4 v = __ldcg(&piece[i * 128 + tid]);
+        o[4 * i + 0] = o[4 * i + 0] * f_acc[0] + v.x * f_j[0];
+        o[4 * i + 1] = o[4 * i + 1] * f_acc[0] + v.y * f_j[0];
+        o[4 * i + 2] = o[4 * i + 2] * f_acc[1] + v.z * f_j[1];
+        o[4 * i + 3] = o[4 * i + 3] * f_acc[1] + v.w * f_j[1];
+      }
+    }
+    return true;
+  };
+
   // The two consumers take turns issuing their products (slot t of
   // warpgroup 0, then slot t of warpgroup 1, then slot t + 1 of warpgroup
   // 0, ...), so that one's softmax runs while the other's products occupy the
@@ -463,7 +550,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     release(&tile_empty[0]);
   }
   int it = 0, q_uses = 0;
-  for (int k = 0; t < a.tiles; ++k) {
+  for (int k = 0; t < a.items; ++k) {
     const Tile x = tile(t);
     row0 = x.m0 + wg * 64 + warp * 16 + lane / 4;
     wg_row_lo = x.m0 + wg * 64;
@@ -521,7 +608,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       it += n;
     }
     const int next = kQueue ? fetch(k + 1) : t + gridDim.x;
-    epilogue(x);
+    if (x.piece < 0 || fold_pieces(x)) epilogue(x);
     if (kQueue) release(&tile_empty[(k + 1) & 1]);
     t = __shfl_sync(0xffffffffu, next, 0);
   }
@@ -542,6 +629,59 @@ cudaError_t next_queue(TileQueue** queue) {
   if (e != cudaSuccess) return e;
   *queue = base + next.fetch_add(1, std::memory_order_relaxed) % kQueues;
   return cudaSuccess;
+}
+
+// Arrival counters of cut tiles, taken in turn by calls as the queues are;
+// the last arrival at a counter resets it.
+__device__ unsigned g_arrivals[kQueues][2 * kMaxCtas];
+
+cudaError_t next_arrivals(unsigned** arrivals) {
+  static std::atomic<unsigned> next{0};
+  unsigned* base = nullptr;
+  const cudaError_t e = cudaGetSymbolAddress(reinterpret_cast<void**>(&base), g_arrivals);
+  if (e != cudaSuccess) return e;
+  *arrivals = base + (next.fetch_add(1, std::memory_order_relaxed) % kQueues) * 2 * kMaxCtas;
+  return cudaSuccess;
+}
+
+// How an unmasked call's tiles go to `sms` persistent CTAs. Whole rounds of
+// tiles leave a last one of `rest` < sms tiles, which would keep the other
+// SMs idle for a tile's time; cutting each of those tiles into `split` pieces
+// of its key blocks ends the call after ceil(rest * split / sms) / split of
+// a tile instead. Pieces keep at least 1024 keys each: shorter ones lost
+// time (H100, d 128, 16 heads: 2k keys in thirds -1%, 4k +0.7%, 16k +1.4%;
+// 64 tiles of 4096 keys in halves 1.49x; docs/hopper-notes.md, eighth session).
+constexpr int kMaxSplit = 4;
+
+struct Plan {
+  int whole, split, items, grid;
+};
+
+Plan plan_tiles(int tiles, int sms, const Shape& s, bool cut = true) {
+  Plan p{tiles, 1, tiles, std::min(tiles, sms)};
+  if (!cut || has_mask(s) || sms <= 0 || sms > kMaxCtas) return p;
+  const int rest = tiles % sms;
+  const int max_split = std::clamp(s.seqlen_k / 1024, 1, kMaxSplit);
+  float best = 1.f;  // the last round, in tiles' time
+  for (int k = 2; k <= max_split; ++k) {
+    const float cost = float((rest * k + sms - 1) / sms) / k;
+    if (cost < best - 0.01f) {
+      best = cost;
+      p.split = k;
+    }
+  }
+  if (p.split == 1) return p;
+  p.whole = tiles - rest;
+  p.items = p.whole + rest * p.split;
+  p.grid = std::min(p.items, sms);
+  return p;
+}
+
+int64_t workspace_bytes(const Plan& p, int head_dim) {
+  if (p.split == 1) return 0;
+  // Per piece and consumer warpgroup: each thread's O accumulators and its
+  // rows' m and l, as float4s.
+  return int64_t(p.items - p.whole) * 2 * (head_dim / 8 + 1) * 128 * 16;
 }
 
 // kMaskable = false leaves out the masked kernel for tiles that dispatch_dim
@@ -574,11 +714,18 @@ cudaError_t launch(const FwdParams& p, cudaStream_t stream) {
   a.batch_heads = p.batch * p.heads;
   a.group_bh = 1;
   a.queue = nullptr;
-  int device = 0, sms = 0;
-  if ((e = cudaGetDevice(&device)) != cudaSuccess ||
-      (e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess)
-    return e;
-  int grid = std::min(a.tiles, sms);
+  int sms = 0;
+  if ((e = sm_count(&sms)) != cudaSuccess) return e;
+  Plan plan = plan_tiles(a.tiles, sms, p);
+  if (workspace_bytes(plan, D) > (p.workspace ? p.workspace_bytes : 0))
+    plan = plan_tiles(a.tiles, sms, p, /*cut=*/false);
+  a.whole = plan.whole;
+  a.split = plan.split;
+  a.items = plan.items;
+  a.partial = static_cast<float4*>(p.workspace);
+  a.arrivals = nullptr;
+  if (plan.split > 1 && (e = next_arrivals(&a.arrivals)) != cudaSuccess) return e;
+  int grid = plan.grid;
   if (grid == 0) return cudaSuccess;
   const bool masked = has_mask(p);
   if (masked) {
@@ -641,6 +788,14 @@ cudaError_t dispatch_dim(const FwdParams& p, cudaStream_t stream) {
 }  // namespace
 
 bool fwd_supported(const Shape& s) { return shape_covered(s); }
+
+int64_t fwd_workspace_bytes(const Shape& s) {
+  int sms = 0;
+  if (!fwd_supported(s) || sm_count(&sms) != cudaSuccess) return 0;
+  const int64_t tiles = (int64_t(s.seqlen_q) + kBlockM - 1) / kBlockM * s.heads * s.batch;
+  if (tiles > INT32_MAX) return 0;
+  return workspace_bytes(plan_tiles(static_cast<int>(tiles), sms, s), s.head_dim);
+}
 
 cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {
   if (!fwd_supported(p)) return cudaErrorNotSupported;

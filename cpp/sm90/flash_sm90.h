@@ -37,11 +37,20 @@ struct FwdParams : Shape {
   const void* v;
   void* out;
   float* lse;  // [batch, heads, seqlen_q]; +inf where a row sees no key
+  // Scratch of fwd_workspace_bytes(...) bytes, uninitialised; without it
+  // (null, or fewer bytes), a call's last round of tiles runs uncut.
+  void* workspace;
+  int64_t workspace_bytes;
 };
 
 // Whether this build has a forward kernel for the shape's dtype and head dim.
 // It does not look at the GPU.
 __attribute__((weak)) bool fwd_supported(const Shape& s);
+
+// Scratch the forward can use on the current device: some SMs would idle
+// through the last round of tiles, which it then cuts into pieces whose
+// partial results meet there.
+__attribute__((weak)) int64_t fwd_workspace_bytes(const Shape& s);
 
 // Launches the forward on `stream`; the GPU must be sm_90.
 __attribute__((weak)) cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream);

@@ -13,6 +13,7 @@
 //! Beyond the C++ binding it also checks the runtime's API version and that
 //! its function table and buffer structs are as large as this file reads.
 
+use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::{ptr, slice};
@@ -43,6 +44,67 @@ pub struct Operands<'a> {
     pub rets: Vec<&'a Buffer>,
     /// In the signature's order.
     pub attrs: Vec<Scalar>,
+    pub scratch: Scratch<'a>,
+}
+
+/// Device memory from XLA for one call, as the C++ binding's
+/// `ffi::ScratchAllocator`: what `allocate` gives is freed when the operands
+/// go, after the handler has enqueued its kernels (XLA's later work on the
+/// stream runs after them).
+pub struct Scratch<'a> {
+    api: &'a Api,
+    ctx: *mut xla::ExecutionContext,
+    allocations: RefCell<Vec<(usize, *mut c_void)>>,
+}
+
+impl Scratch<'_> {
+    /// `size` bytes, or None where XLA cannot give them (a runtime without
+    /// the functions, or no memory left).
+    pub fn allocate(&self, size: usize, alignment: usize) -> Option<*mut c_void> {
+        if self.api.struct_size < api_needs!(device_memory_free) {
+            return None;
+        }
+        let allocate = self.api.device_memory_allocate?;
+        let mut args = xla::DeviceMemoryAllocateArgs {
+            struct_size: xla::DEVICE_MEMORY_ALLOCATE_ARGS_STRUCT_SIZE,
+            extension_start: ptr::null_mut(),
+            ctx: self.ctx,
+            size,
+            alignment,
+            data: ptr::null_mut(),
+        };
+        // SAFETY: the runtime's own function, with this call's context.
+        let error = unsafe { allocate(&mut args) };
+        if !error.is_null() {
+            // SAFETY: an error the runtime just returned, ours to destroy.
+            unsafe { take_error_message(self.api, error) };
+            return None;
+        }
+        self.allocations.borrow_mut().push((size, args.data));
+        Some(args.data)
+    }
+}
+
+impl Drop for Scratch<'_> {
+    fn drop(&mut self) {
+        // Present wherever an allocation was made (allocate checks both).
+        let Some(free) = self.api.device_memory_free else { return };
+        for (size, data) in self.allocations.take() {
+            let mut args = xla::DeviceMemoryFreeArgs {
+                struct_size: xla::DEVICE_MEMORY_FREE_ARGS_STRUCT_SIZE,
+                extension_start: ptr::null_mut(),
+                ctx: self.ctx,
+                size,
+                data,
+            };
+            // SAFETY: memory this call allocated, with its context.
+            let error = unsafe { free(&mut args) };
+            if !error.is_null() {
+                // SAFETY: as in allocate.
+                unsafe { take_error_message(self.api, error) };
+            }
+        }
+    }
 }
 
 /// An error for XLA: an XLA_FFI_Error_Code and a message.
@@ -280,7 +342,8 @@ unsafe fn decode<'a>(frame: &'a CallFrame, sig: &Signature) -> Result<Operands<'
         }
         return Err(FfiError::invalid_argument(message));
     }
-    Ok(Operands { stream, args, rets, attrs: values })
+    let scratch = Scratch { api, ctx: frame.ctx, allocations: RefCell::new(Vec::new()) };
+    Ok(Operands { stream, args, rets, attrs: values, scratch })
 }
 
 unsafe fn get_stream(api: &Api, ctx: *mut xla::ExecutionContext) -> Result<*mut c_void, String> {

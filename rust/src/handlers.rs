@@ -20,7 +20,8 @@
 //!
 //! alibi_slopes is always a float32 buffer, [batch, heads] or (no ALiBi) the
 //! empty [0], block_table an int32 [batch, max_blocks_per_seq] one; the
-//! kernels read them only when has_alibi / has_block_table is set.
+//! kernels read them only when has_alibi / has_block_table is set. The
+//! forward also takes scratch from XLA at run time (jfa_fwd_workspace_bytes).
 
 use std::ffi::c_void;
 
@@ -213,6 +214,8 @@ fn fwd_args(
         softmax_lse: ops.rets[1].data as *mut f32,
         alibi_slopes: alibi(ops.args[alibi_index], has_alibi)?,
         alibi_slopes_batch_stride: shape.num_heads,
+        workspace: std::ptr::null_mut(),
+        workspace_bytes: 0,
     })
 }
 
@@ -252,7 +255,14 @@ fn int32_data(b: &Buffer) -> *const i32 {
 fn fwd(lib: &impl KernelLib, ops: &Operands) -> Result<(), FfiError> {
     let (mut shape, has_alibi) = options(&ops.attrs);
     lib.fwd_shape(&describe_all(ops), &mut shape).map_err(to_ffi_error)?;
-    let args = fwd_args(ops, shape, 3, has_alibi)?;
+    let mut args = fwd_args(ops, shape, 3, has_alibi)?;
+    // Freed with `ops`, after the launch. Without it the call only runs slower.
+    let bytes = lib.fwd_workspace_bytes(&shape, has_alibi);
+    let wanted = usize::try_from(bytes).ok().filter(|&b| b > 0);
+    if let Some(data) = wanted.and_then(|b| ops.scratch.allocate(b, 256)) {
+        args.workspace = data;
+        args.workspace_bytes = bytes;
+    }
     // SAFETY: the buffers are XLA's device buffers of the validated shapes.
     unsafe { lib.mha_fwd(&args, ops.stream) }.map_err(to_ffi_error)
 }

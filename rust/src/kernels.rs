@@ -11,7 +11,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 
-pub const JFA_ABI_VERSION: c_int = 5;
+pub const JFA_ABI_VERSION: c_int = 6;
 
 // jfa_status
 pub const JFA_OK: c_int = 0;
@@ -51,6 +51,8 @@ pub struct FwdArgs {
     pub softmax_lse: *mut f32,
     pub alibi_slopes: *const f32,
     pub alibi_slopes_batch_stride: i64,
+    pub workspace: *mut c_void,
+    pub workspace_bytes: i64,
 }
 
 #[repr(C)]
@@ -191,6 +193,7 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
+    pub fn jfa_fwd_workspace_bytes(shape: *const AttentionShape, has_alibi: c_int) -> i64;
     pub fn jfa_mha_bwd(
         args: *const BwdArgs,
         cuda_stream: *mut c_void,
@@ -268,6 +271,8 @@ pub trait KernelLib {
     /// # Safety
     /// The pointers in `args` are device buffers of the shape's sizes.
     unsafe fn mha_fwd(&self, args: &FwdArgs, stream: *mut c_void) -> Result<(), Failure>;
+    /// Scratch bytes a dense forward of `shape` can use on the current GPU.
+    fn fwd_workspace_bytes(&self, shape: &AttentionShape, has_alibi: bool) -> i64;
     /// # Safety
     /// As `mha_fwd`.
     unsafe fn mha_bwd(&self, args: &BwdArgs, stream: *mut c_void) -> Result<(), Failure>;
@@ -360,6 +365,11 @@ impl KernelLib for CAbi {
 
     unsafe fn mha_fwd(&self, args: &FwdArgs, stream: *mut c_void) -> Result<(), Failure> {
         with_err(|err, len| jfa_mha_fwd(args, stream, err, len))
+    }
+
+    fn fwd_workspace_bytes(&self, shape: &AttentionShape, has_alibi: bool) -> i64 {
+        // SAFETY: a pointer to a live shape; the function only reads it.
+        unsafe { jfa_fwd_workspace_bytes(shape, has_alibi as c_int) }
     }
 
     unsafe fn mha_bwd(&self, args: &BwdArgs, stream: *mut c_void) -> Result<(), Failure> {

@@ -220,6 +220,27 @@ pub type ErrorCreateFn = unsafe extern "C" fn(*mut ErrorCreateArgs) -> *mut Erro
 pub type ErrorGetMessageFn = unsafe extern "C" fn(*mut ErrorGetMessageArgs);
 pub type ErrorDestroyFn = unsafe extern "C" fn(*mut ErrorDestroyArgs);
 pub type StreamGetFn = unsafe extern "C" fn(*mut StreamGetArgs) -> *mut Error;
+pub type DeviceMemoryAllocateFn = unsafe extern "C" fn(*mut DeviceMemoryAllocateArgs) -> *mut Error;
+pub type DeviceMemoryFreeFn = unsafe extern "C" fn(*mut DeviceMemoryFreeArgs) -> *mut Error;
+
+#[repr(C)]
+pub struct DeviceMemoryAllocateArgs {
+    pub struct_size: usize,
+    pub extension_start: *mut ExtensionBase,
+    pub ctx: *mut ExecutionContext,
+    pub size: usize,
+    pub alignment: usize,
+    pub data: *mut c_void,
+}
+
+#[repr(C)]
+pub struct DeviceMemoryFreeArgs {
+    pub struct_size: usize,
+    pub extension_start: *mut ExtensionBase,
+    pub ctx: *mut ExecutionContext,
+    pub size: usize,
+    pub data: *mut c_void,
+}
 
 /// The leading part of XLA_FFI_Api, up to the last function the handlers
 /// call; `struct_size` says how much of it the runtime provides.
@@ -234,6 +255,12 @@ pub struct Api {
     pub error_destroy: Option<ErrorDestroyFn>,
     pub handler_register: *const c_void,
     pub stream_get: Option<StreamGetFn>,
+    pub type_register: *const c_void,
+    pub execution_context_get: *const c_void,
+    pub state_set: *const c_void,
+    pub state_get: *const c_void,
+    pub device_memory_allocate: Option<DeviceMemoryAllocateFn>,
+    pub device_memory_free: Option<DeviceMemoryFreeFn>,
 }
 
 /// The handler signature, `XLA_FFI_Handler`.
@@ -254,6 +281,10 @@ pub const ERROR_DESTROY_ARGS_STRUCT_SIZE: usize = struct_size!(ErrorDestroyArgs,
 pub const BUFFER_STRUCT_SIZE: usize = struct_size!(Buffer, dims, *mut i64);
 pub const CALL_FRAME_STRUCT_SIZE: usize = struct_size!(CallFrame, attrs, Attrs);
 pub const STREAM_GET_ARGS_STRUCT_SIZE: usize = struct_size!(StreamGetArgs, stream, *mut c_void);
+pub const DEVICE_MEMORY_ALLOCATE_ARGS_STRUCT_SIZE: usize =
+    struct_size!(DeviceMemoryAllocateArgs, data, *mut c_void);
+pub const DEVICE_MEMORY_FREE_ARGS_STRUCT_SIZE: usize =
+    struct_size!(DeviceMemoryFreeArgs, data, *mut c_void);
 pub const METADATA_STRUCT_SIZE: usize = struct_size!(Metadata, traits, u32);
 pub const METADATA_EXTENSION_STRUCT_SIZE: usize =
     struct_size!(MetadataExtension, metadata, *mut Metadata);

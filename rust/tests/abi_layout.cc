@@ -35,7 +35,8 @@ const jfa_rust_layout_entry jfa_rust_layout[] = {
     FIELD(jfa_attention_shape, softcap), FIELD(jfa_attention_shape, deterministic),
     SIZE(jfa_fwd_args), FIELD(jfa_fwd_args, q), FIELD(jfa_fwd_args, k), FIELD(jfa_fwd_args, v),
     FIELD(jfa_fwd_args, out), FIELD(jfa_fwd_args, softmax_lse), FIELD(jfa_fwd_args, alibi_slopes),
-    FIELD(jfa_fwd_args, alibi_slopes_batch_stride),
+    FIELD(jfa_fwd_args, alibi_slopes_batch_stride), FIELD(jfa_fwd_args, workspace),
+    FIELD(jfa_fwd_args, workspace_bytes),
     SIZE(jfa_bwd_args), FIELD(jfa_bwd_args, q), FIELD(jfa_bwd_args, k), FIELD(jfa_bwd_args, v),
     FIELD(jfa_bwd_args, out), FIELD(jfa_bwd_args, softmax_lse), FIELD(jfa_bwd_args, dout),
     FIELD(jfa_bwd_args, dq), FIELD(jfa_bwd_args, dk), FIELD(jfa_bwd_args, dv),
@@ -89,6 +90,12 @@ const jfa_rust_layout_entry jfa_rust_layout[] = {
     FIELD(XLA_FFI_CallFrame, future),
     VALUE(XLA_FFI_Stream_Get_Args_STRUCT_SIZE), FIELD(XLA_FFI_Stream_Get_Args, ctx),
     FIELD(XLA_FFI_Stream_Get_Args, stream),
+    VALUE(XLA_FFI_DeviceMemory_Allocate_Args_STRUCT_SIZE),
+    FIELD(XLA_FFI_DeviceMemory_Allocate_Args, ctx), FIELD(XLA_FFI_DeviceMemory_Allocate_Args, size),
+    FIELD(XLA_FFI_DeviceMemory_Allocate_Args, alignment),
+    FIELD(XLA_FFI_DeviceMemory_Allocate_Args, data),
+    VALUE(XLA_FFI_DeviceMemory_Free_Args_STRUCT_SIZE), FIELD(XLA_FFI_DeviceMemory_Free_Args, ctx),
+    FIELD(XLA_FFI_DeviceMemory_Free_Args, size), FIELD(XLA_FFI_DeviceMemory_Free_Args, data),
     VALUE(XLA_FFI_Metadata_STRUCT_SIZE), SIZE(XLA_FFI_Metadata),
     FIELD(XLA_FFI_Metadata, api_version), FIELD(XLA_FFI_Metadata, traits),
     FIELD(XLA_FFI_Metadata, state_type_id),
@@ -96,7 +103,8 @@ const jfa_rust_layout_entry jfa_rust_layout[] = {
     FIELD(XLA_FFI_Api, api_version), FIELD(XLA_FFI_Api, internal_api),
     FIELD(XLA_FFI_Api, XLA_FFI_Error_Create), FIELD(XLA_FFI_Api, XLA_FFI_Error_GetMessage),
     FIELD(XLA_FFI_Api, XLA_FFI_Error_Destroy), FIELD(XLA_FFI_Api, XLA_FFI_Handler_Register),
-    FIELD(XLA_FFI_Api, XLA_FFI_Stream_Get),
+    FIELD(XLA_FFI_Api, XLA_FFI_Stream_Get), FIELD(XLA_FFI_Api, XLA_FFI_DeviceMemory_Allocate),
+    FIELD(XLA_FFI_Api, XLA_FFI_DeviceMemory_Free),
     {nullptr, 0},
 };
 
@@ -130,6 +138,7 @@ static_assert(same<decltype(jfa_varlen_bwd_workspace_elems),
 static_assert(same<decltype(jfa_num_sms), int(int, int*, char*, size_t)>);
 static_assert(same<decltype(jfa_check_shape), int(const jfa_attention_shape*, char*, size_t)>);
 static_assert(same<decltype(jfa_mha_fwd), int(const jfa_fwd_args*, void*, char*, size_t)>);
+static_assert(same<decltype(jfa_fwd_workspace_bytes), int64_t(const jfa_attention_shape*, int)>);
 static_assert(same<decltype(jfa_mha_bwd), int(const jfa_bwd_args*, void*, char*, size_t)>);
 static_assert(
     same<decltype(jfa_mha_varlen_fwd), int(const jfa_varlen_fwd_args*, void*, char*, size_t)>);

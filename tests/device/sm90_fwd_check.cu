@@ -16,6 +16,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -71,6 +72,12 @@ bool check(bool bf16, int b, int sq, int sk, int h, int hk, int d, int wl, int w
   CK(cudaMemset(lse, 0xFF, int64_t(b) * h * sq * 4));
   float scale = 1.f / sqrtf(float(d));
   jfa_sm90::FwdParams p{{b, sq, sk, h, hk, d, bf16, scale, wl, wr}, q, k, v, o, lse};
+  // Scratch poisoned too: a cut tile's pieces must read only what others wrote.
+  p.workspace_bytes = jfa_sm90::fwd_workspace_bytes(p);
+  if (p.workspace_bytes) {
+    CK(cudaMalloc(&p.workspace, p.workspace_bytes));
+    CK(cudaMemset(p.workspace, 0xFF, p.workspace_bytes));
+  }
   CK(jfa_sm90::run_fwd(p, 0));
   CK(cudaDeviceSynchronize());
   reference<T><<<dim3(sq, h, b), 128, sk * 4>>>(q, k, v, ro, rl, sq, sk, h, hk, d, scale, wl, wr);
@@ -94,15 +101,28 @@ bool check(bool bf16, int b, int sq, int sk, int h, int hk, int d, int wl, int w
   }
   const double tol = bf16 ? 2e-2 : 4e-3;
   bool ok = !nan && eo < tol && el < 1e-2;
-  printf("%s %s b=%d sq=%d sk=%d h=%d hk=%d d=%d win=(%d,%d): out err %.2e lse err %.2e%s\n",
+  if (p.workspace_bytes) {  // cut tiles fold their pieces in a fixed order: the same bits again
+    std::vector<T> first(nq), again(nq);
+    CK(cudaMemcpy(first.data(), o, nq * 2, cudaMemcpyDeviceToHost));
+    for (int rep = 0; rep < 3 && ok; ++rep) {
+      CK(jfa_sm90::run_fwd(p, 0));
+      CK(cudaMemcpy(again.data(), o, nq * 2, cudaMemcpyDeviceToHost));
+      if (memcmp(first.data(), again.data(), nq * 2) != 0) {
+        printf("cut tiles: a repeated call changed the output\n");
+        ok = false;
+      }
+    }
+  }
+  printf("%s %s b=%d sq=%d sk=%d h=%d hk=%d d=%d win=(%d,%d): out err %.2e lse err %.2e%s%s\n",
          ok ? "PASS" : "FAIL", bf16 ? "bf16" : "fp16", b, sq, sk, h, hk, d, wl, wr, eo, el,
-         nan ? " (non-finite output)" : "");
+         nan ? " (non-finite output)" : "", p.workspace_bytes ? " (cut tiles)" : "");
+  cudaFree(p.workspace);
   cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(o); cudaFree(of); cudaFree(ro); cudaFree(lse); cudaFree(rl);
   return ok;
 }
 
-void bench(int seq, int d, bool causal) {
-  const int h = 16, b = 16384 / seq;
+void bench(int seq, int d, bool causal, int h = 16, int tokens = 16384) {
+  const int b = tokens / seq;
   int64_t n = int64_t(b) * seq * h * d;
   __nv_bfloat16 *q, *k, *v, *o;
   float* lse;
@@ -112,6 +132,10 @@ void bench(int seq, int d, bool causal) {
   fill_random<<<(n + 255) / 256, 256>>>(k, n, 2);
   fill_random<<<(n + 255) / 256, 256>>>(v, n, 3);
   jfa_sm90::FwdParams p{{b, seq, seq, h, h, d, true, 1.f / sqrtf(float(d)), -1, causal ? 0 : -1}, q, k, v, o, lse};
+  // JFA_UNCUT=1: no scratch, so the last round of tiles runs uncut (A/B).
+  const char* uncut = getenv("JFA_UNCUT");
+  if (!(uncut && *uncut == '1') && (p.workspace_bytes = jfa_sm90::fwd_workspace_bytes(p)))
+    CK(cudaMalloc(&p.workspace, p.workspace_bytes));
   for (int i = 0; i < 3; ++i) CK(jfa_sm90::run_fwd(p, 0));
   cudaEvent_t e0, e1;
   cudaEventCreate(&e0); cudaEventCreate(&e1);
@@ -124,13 +148,21 @@ void bench(int seq, int d, bool causal) {
   cudaEventElapsedTime(&ms, e0, e1);
   ms /= iters;
   double flops = 4.0 * b * h * double(seq) * seq * d * (causal ? 0.5 : 1.0);
-  printf("bench bf16 d=%d seq=%5d batch=%2d %s: %.3f ms, %.1f TFLOPS\n", d, seq, b,
+  printf("bench bf16 d=%d seq=%5d batch=%2d heads=%2d %s: %.4f ms, %.1f TFLOPS\n", d, seq, b, h,
          causal ? "causal" : "full  ", ms, flops / ms / 1e9);
-  cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(o); cudaFree(lse);
+  cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(o); cudaFree(lse); cudaFree(p.workspace);
 }
 
 int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "ncu") { bench(16384, 128, false); return 0; }
+  if (argc > 4 && std::string(argv[1]) == "few") {  // "few 128 HEADS SEQLEN": one point, batch 1
+    for (int r = 0; r < 3; ++r) bench(atoi(argv[4]), atoi(argv[2]), false, atoi(argv[3]), atoi(argv[4]));
+    return 0;
+  }
+  if (argc > 2 && std::string(argv[1]) == "time") {  // "time 128": the timings alone
+    for (int seq : {512, 1024, 2048, 4096, 8192, 16384}) bench(seq, atoi(argv[2]), false);
+    return 0;
+  }
   int fails = 0, seed = 1234;
   struct Case { int b, sq, sk, h, hk, d, wl, wr; };
   std::vector<Case> cases = {
@@ -152,6 +184,12 @@ int main(int argc, char** argv) {
       {1, 200, 5000, 2, 2, 64, -1, -1}, {1, 700, 4500, 2, 1, 64, -1, 0},
       {1, 4200, 4200, 2, 2, 64, 300, 0}, {1, 700, 4500, 2, 1, 256, -1, 0},
       {1, 4200, 4200, 2, 2, 256, 300, 0},
+      // Unmasked with SMs idle in the last round: its tiles cut into pieces
+      // of their keys (on 132 SMs: 4, 2 with a whole round before, 4 at d 64,
+      // 4 at d 256, a partial last key block).
+      {1, 500, 3000, 8, 2, 128, -1, -1}, {1, 1216, 1216, 16, 4, 128, -1, -1},
+      {1, 300, 4500, 16, 4, 64, -1, -1}, {1, 256, 2200, 4, 4, 256, -1, -1},
+      {2, 100, 2100, 4, 1, 128, -1, -1},
       // Masked, more tiles than SMs: CTAs claim tiles from a queue.
       {4, 1000, 1000, 16, 4, 128, -1, 0}, {2, 2048, 2048, 16, 16, 64, 256, 0},
       {8, 600, 100, 16, 16, 128, -1, 0},  {3, 900, 1200, 12, 4, 256, 300, 10},

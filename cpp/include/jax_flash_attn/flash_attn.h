@@ -25,8 +25,9 @@ extern "C" {
 
 /* Bumped whenever a struct below changes layout or functions are added;
  * bindings check it. 5: jfa_has_sm90_kernel, jfa_fwd_uses_sm90, jfa_has_sm90_bwd_kernel,
- * jfa_bwd_uses_sm90, and a larger softmax_d from jfa_bwd_workspace_elems. */
-#define JFA_ABI_VERSION 5
+ * jfa_bwd_uses_sm90, and a larger softmax_d from jfa_bwd_workspace_elems.
+ * 6: jfa_fwd_args.workspace, jfa_fwd_workspace_bytes. */
+#define JFA_ABI_VERSION 6
 
 typedef enum {
   JFA_OK = 0,
@@ -76,6 +77,12 @@ typedef struct {
    * -slope * |i + seqlen_k - seqlen_q - j|, after softmax_scale and softcap. */
   const float* alibi_slopes;
   int64_t alibi_slopes_batch_stride;
+  /* Dense calls: optional scratch of jfa_fwd_workspace_bytes() bytes,
+   * uninitialised, alive until the call's kernels have run (stream-ordered).
+   * NULL or fewer bytes only make the call slower. Varlen and KV-cache calls
+   * ignore it. */
+  void* workspace;
+  int64_t workspace_bytes;
 } jfa_fwd_args;
 
 typedef struct {
@@ -296,6 +303,12 @@ int jfa_has_sm90_kernel(jfa_dtype dtype, int64_t head_dim);
 int jfa_fwd_uses_sm90(const jfa_attention_shape* shape, int has_alibi, int is_varlen,
                       int cc_major, int cc_minor);
 int jfa_has_sm90_bwd_kernel(jfa_dtype dtype, int64_t head_dim);
+/* Scratch bytes a dense forward call can use on the current device: the
+ * Hopper forward cuts its last round of tiles into pieces when SMs would
+ * otherwise idle through it, and the pieces meet there. 0 when the call takes
+ * no Hopper path, needs none or the shape is invalid. Bindings ask it at each
+ * call and allocate from XLA's scratch allocator. */
+int64_t jfa_fwd_workspace_bytes(const jfa_attention_shape* shape, int has_alibi);
 int jfa_bwd_uses_sm90(const jfa_attention_shape* shape, int has_alibi, int is_varlen,
                       int cc_major, int cc_minor);
 

@@ -73,6 +73,8 @@ fn ours() -> Vec<(&'static str, i64)> {
         field!("jfa_fwd_args.softmax_lse", FwdArgs, softmax_lse),
         field!("jfa_fwd_args.alibi_slopes", FwdArgs, alibi_slopes),
         field!("jfa_fwd_args.alibi_slopes_batch_stride", FwdArgs, alibi_slopes_batch_stride),
+        field!("jfa_fwd_args.workspace", FwdArgs, workspace),
+        field!("jfa_fwd_args.workspace_bytes", FwdArgs, workspace_bytes),
         size!("jfa_bwd_args", BwdArgs),
         field!("jfa_bwd_args.q", BwdArgs, q),
         field!("jfa_bwd_args.k", BwdArgs, k),
@@ -178,6 +180,18 @@ fn ours() -> Vec<(&'static str, i64)> {
         ("XLA_FFI_Stream_Get_Args_STRUCT_SIZE", STREAM_GET_ARGS_STRUCT_SIZE as i64),
         field!("XLA_FFI_Stream_Get_Args.ctx", StreamGetArgs, ctx),
         field!("XLA_FFI_Stream_Get_Args.stream", StreamGetArgs, stream),
+        (
+            "XLA_FFI_DeviceMemory_Allocate_Args_STRUCT_SIZE",
+            DEVICE_MEMORY_ALLOCATE_ARGS_STRUCT_SIZE as i64,
+        ),
+        field!("XLA_FFI_DeviceMemory_Allocate_Args.ctx", DeviceMemoryAllocateArgs, ctx),
+        field!("XLA_FFI_DeviceMemory_Allocate_Args.size", DeviceMemoryAllocateArgs, size),
+        field!("XLA_FFI_DeviceMemory_Allocate_Args.alignment", DeviceMemoryAllocateArgs, alignment),
+        field!("XLA_FFI_DeviceMemory_Allocate_Args.data", DeviceMemoryAllocateArgs, data),
+        ("XLA_FFI_DeviceMemory_Free_Args_STRUCT_SIZE", DEVICE_MEMORY_FREE_ARGS_STRUCT_SIZE as i64),
+        field!("XLA_FFI_DeviceMemory_Free_Args.ctx", DeviceMemoryFreeArgs, ctx),
+        field!("XLA_FFI_DeviceMemory_Free_Args.size", DeviceMemoryFreeArgs, size),
+        field!("XLA_FFI_DeviceMemory_Free_Args.data", DeviceMemoryFreeArgs, data),
         ("XLA_FFI_Metadata_STRUCT_SIZE", METADATA_STRUCT_SIZE as i64),
         size!("XLA_FFI_Metadata", Metadata),
         field!("XLA_FFI_Metadata.api_version", Metadata, api_version),
@@ -192,6 +206,8 @@ fn ours() -> Vec<(&'static str, i64)> {
         field!("XLA_FFI_Api.XLA_FFI_Error_Destroy", Api, error_destroy),
         field!("XLA_FFI_Api.XLA_FFI_Handler_Register", Api, handler_register),
         field!("XLA_FFI_Api.XLA_FFI_Stream_Get", Api, stream_get),
+        field!("XLA_FFI_Api.XLA_FFI_DeviceMemory_Allocate", Api, device_memory_allocate),
+        field!("XLA_FFI_Api.XLA_FFI_DeviceMemory_Free", Api, device_memory_free),
     ]
 }
 

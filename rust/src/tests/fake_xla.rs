@@ -61,6 +61,41 @@ unsafe extern "C" fn stream_get(args: *mut xla::StreamGetArgs) -> *mut xla::Erro
     }
 }
 
+thread_local! {
+    /// XLA_FFI_DeviceMemory_Allocate's (size, alignment, address) and
+    /// XLA_FFI_DeviceMemory_Free's (size, address), in call order; allocations
+    /// of more than FAKE_DEVICE_BYTES fail.
+    pub static ALLOCATED: RefCell<Vec<(usize, usize, usize)>> = const { RefCell::new(Vec::new()) };
+    pub static FREED: RefCell<Vec<(usize, usize)>> = const { RefCell::new(Vec::new()) };
+}
+pub const FAKE_DEVICE_BYTES: usize = 1 << 20;
+
+unsafe extern "C" fn device_memory_allocate(
+    args: *mut xla::DeviceMemoryAllocateArgs,
+) -> *mut xla::Error {
+    let args = &mut *args;
+    assert_eq!(args.struct_size, xla::DEVICE_MEMORY_ALLOCATE_ARGS_STRUCT_SIZE);
+    if args.size > FAKE_DEVICE_BYTES {
+        let message = CString::new("out of device memory").unwrap();
+        let error = FakeError { code: xla::ERROR_INTERNAL, message };
+        return Box::into_raw(Box::new(error)) as *mut xla::Error;
+    }
+    let addr = ALLOCATED.with_borrow_mut(|a| {
+        let addr = 0x7000_0000 + 0x10_0000 * a.len();
+        a.push((args.size, args.alignment, addr));
+        addr
+    });
+    args.data = addr as *mut c_void;
+    ptr::null_mut()
+}
+
+unsafe extern "C" fn device_memory_free(args: *mut xla::DeviceMemoryFreeArgs) -> *mut xla::Error {
+    let args = &*args;
+    assert_eq!(args.struct_size, xla::DEVICE_MEMORY_FREE_ARGS_STRUCT_SIZE);
+    FREED.with_borrow_mut(|f| f.push((args.size, args.data as usize)));
+    ptr::null_mut()
+}
+
 pub fn fake_api() -> Api {
     Api {
         struct_size: size_of::<Api>(),
@@ -77,6 +112,12 @@ pub fn fake_api() -> Api {
         error_destroy: Some(error_destroy),
         handler_register: ptr::null(),
         stream_get: Some(stream_get),
+        type_register: ptr::null(),
+        execution_context_get: ptr::null(),
+        state_set: ptr::null(),
+        state_get: ptr::null(),
+        device_memory_allocate: Some(device_memory_allocate),
+        device_memory_free: Some(device_memory_free),
     }
 }
 
@@ -537,6 +578,8 @@ pub struct Launch {
     pub dq_accum_elems: i64,
     pub varlen: Option<Packed>,
     pub kvcache: Option<Cache>,
+    /// The forward's scratch: address and bytes.
+    pub workspace: (usize, i64),
 }
 
 /// A varlen launch's cu_seqlens_q / cu_seqlens_k pointers and token counts.
@@ -569,6 +612,8 @@ pub struct Recorder {
     pub described: RefCell<Vec<Described>>,
     pub launch_failure: Option<(c_int, &'static str)>,
     pub panic_on_launch: bool,
+    /// What fwd_workspace_bytes answers.
+    pub fwd_workspace: i64,
 }
 
 fn fwd_launch(a: &FwdArgs, stream: *mut c_void) -> Launch {
@@ -582,6 +627,7 @@ fn fwd_launch(a: &FwdArgs, stream: *mut c_void) -> Launch {
         dq_accum_elems: 0,
         varlen: None,
         kvcache: None,
+        workspace: (a.workspace as usize, a.workspace_bytes),
     }
 }
 
@@ -607,6 +653,7 @@ fn bwd_launch(a: &BwdArgs, stream: *mut c_void) -> Launch {
         dq_accum_elems: a.dq_accum_elems,
         varlen: None,
         kvcache: None,
+        workspace: (0, 0),
     }
 }
 
@@ -675,6 +722,10 @@ impl KernelLib for Recorder {
 
     unsafe fn mha_fwd(&self, a: &FwdArgs, stream: *mut c_void) -> Result<(), Failure> {
         self.launch(fwd_launch(a, stream))
+    }
+
+    fn fwd_workspace_bytes(&self, _shape: &AttentionShape, _has_alibi: bool) -> i64 {
+        self.fwd_workspace
     }
 
     unsafe fn mha_bwd(&self, a: &BwdArgs, stream: *mut c_void) -> Result<(), Failure> {

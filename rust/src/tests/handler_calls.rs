@@ -121,8 +121,45 @@ fn fwd_launches_with_the_decoded_shape_pointers_and_stream() {
             dq_accum_elems: 0,
             varlen: None,
             kvcache: None,
+            workspace: (0, 0),
         }
     );
+}
+
+#[test]
+fn fwd_takes_the_scratch_it_asks_for_from_xla_and_frees_it_after_the_launch() {
+    ALLOCATED.with_borrow_mut(Vec::clear);
+    FREED.with_borrow_mut(Vec::clear);
+    let lib = Recorder { fwd_workspace: 4096, ..Default::default() };
+    assert_eq!(run_fwd(&lib, &fwd_spec()), None);
+    let [(size, alignment, addr)] = ALLOCATED.with_borrow(|a| a.clone())[..] else {
+        panic!("one allocation expected");
+    };
+    assert_eq!((size, alignment), (4096, 256));
+    assert_eq!(lib.launches.borrow()[0].workspace, (addr, 4096));
+    assert_eq!(FREED.with_borrow(|f| f.clone()), vec![(4096, addr)]);
+}
+
+#[test]
+fn fwd_runs_without_scratch_where_xla_has_none_to_give() {
+    ALLOCATED.with_borrow_mut(Vec::clear);
+    FREED.with_borrow_mut(Vec::clear);
+    let lib = Recorder { fwd_workspace: FAKE_DEVICE_BYTES as i64 + 1, ..Default::default() };
+    assert_eq!(run_fwd(&lib, &fwd_spec()), None);
+    assert_eq!(lib.launches.borrow()[0].workspace, (0, 0));
+    assert!(ALLOCATED.with_borrow(Vec::is_empty) && FREED.with_borrow(Vec::is_empty));
+}
+
+#[test]
+fn fwd_runs_without_scratch_on_a_runtime_without_the_allocator() {
+    ALLOCATED.with_borrow_mut(Vec::clear);
+    let lib = Recorder { fwd_workspace: 4096, ..Default::default() };
+    let mut api = fake_api();
+    api.struct_size = std::mem::offset_of!(xla::Api, type_register); // up to XLA_FFI_Stream_Get
+    let mut call = build_with_api(&fwd_spec(), api);
+    assert_eq!(outcome(unsafe { fwd_with(&lib, &mut call.frame) }), None);
+    assert_eq!(lib.launches.borrow()[0].workspace, (0, 0));
+    assert!(ALLOCATED.with_borrow(Vec::is_empty));
 }
 
 #[test]
@@ -146,6 +183,7 @@ fn varlen_fwd_launches_with_the_bounds_cu_seqlens_and_totals() {
                 totals: (TOTAL_Q, TOTAL_K)
             }),
             kvcache: None,
+            workspace: (0, 0),
         }
     );
 }
@@ -261,6 +299,7 @@ fn kvcache_fwd_launches_with_the_lengths_splits_and_workspace() {
                 num_splits: NUM_SPLITS,
                 workspace: (WORKSPACE, kvcache_workspace(&kvcache_shape(), NUM_SPLITS)),
             }),
+            workspace: (0, 0),
         }
     );
 }
@@ -456,7 +495,8 @@ fn the_empty_slopes_placeholder_stands_for_none_and_is_refused_with_has_alibi() 
     assert_eq!(run_fwd(&lib, &spec), None);
     assert_eq!(lib.launches.borrow()[0].alibi, (0, 4));
     spec.attrs = fwd_attrs(0.125, false, -1, -1, 0.0, true);
-    let message = "alibi_slopes: has_alibi is set but the slopes are the empty placeholder, shape (0,)";
+    let message =
+        "alibi_slopes: has_alibi is set but the slopes are the empty placeholder, shape (0,)";
     assert_eq!(run_fwd(&lib, &spec), Some((xla::ERROR_INVALID_ARGUMENT, message.into())));
     let mut spec = bwd_spec();
     spec.args[6].dims = vec![0];
