@@ -617,30 +617,21 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (L::kStoreO && warp == 0 && lane == 0) bulk_wait_read();
 }
 
-// Calls take the queues in turn, so that calls running at once on different
-// streams use different ones (up to kQueues in flight).
+// Calls take the entries of these pools in turn, so that calls running at
+// once on different streams use different ones (up to kQueues in flight).
+// The arrival counters of cut tiles are reset by each one's last arrival.
 constexpr int kQueues = 64;
+using Arrivals = unsigned[2 * kMaxCtas];
 __device__ TileQueue g_tile_queues[kQueues];
+__device__ Arrivals g_arrivals[kQueues];
 
-cudaError_t next_queue(TileQueue** queue) {
-  static std::atomic<unsigned> next{0};
-  TileQueue* base = nullptr;
-  const cudaError_t e = cudaGetSymbolAddress(reinterpret_cast<void**>(&base), g_tile_queues);
+template <class Entry>
+cudaError_t next_entry(Entry (&pool)[kQueues], Entry** entry) {
+  static std::atomic<unsigned> next{0};  // one per pool
+  Entry* base = nullptr;
+  const cudaError_t e = cudaGetSymbolAddress(reinterpret_cast<void**>(&base), pool);
   if (e != cudaSuccess) return e;
-  *queue = base + next.fetch_add(1, std::memory_order_relaxed) % kQueues;
-  return cudaSuccess;
-}
-
-// Arrival counters of cut tiles, taken in turn by calls as the queues are;
-// the last arrival at a counter resets it.
-__device__ unsigned g_arrivals[kQueues][2 * kMaxCtas];
-
-cudaError_t next_arrivals(unsigned** arrivals) {
-  static std::atomic<unsigned> next{0};
-  unsigned* base = nullptr;
-  const cudaError_t e = cudaGetSymbolAddress(reinterpret_cast<void**>(&base), g_arrivals);
-  if (e != cudaSuccess) return e;
-  *arrivals = base + (next.fetch_add(1, std::memory_order_relaxed) % kQueues) * 2 * kMaxCtas;
+  *entry = base + next.fetch_add(1, std::memory_order_relaxed) % kQueues;
   return cudaSuccess;
 }
 
@@ -724,7 +715,11 @@ cudaError_t launch(const FwdParams& p, cudaStream_t stream) {
   a.items = plan.items;
   a.partial = static_cast<float4*>(p.workspace);
   a.arrivals = nullptr;
-  if (plan.split > 1 && (e = next_arrivals(&a.arrivals)) != cudaSuccess) return e;
+  if (plan.split > 1) {
+    Arrivals* arrivals = nullptr;
+    if ((e = next_entry(g_arrivals, &arrivals)) != cudaSuccess) return e;
+    a.arrivals = *arrivals;
+  }
   int grid = plan.grid;
   if (grid == 0) return cudaSuccess;
   const bool masked = has_mask(p);
@@ -733,7 +728,7 @@ cudaError_t launch(const FwdParams& p, cudaStream_t stream) {
     a.group_bh = static_cast<int>(std::clamp<int64_t>((int64_t{32} << 20) / std::max<int64_t>(kv_bytes, 1), 1,
                                                       a.batch_heads));
     grid = std::min(grid, kMaxCtas);
-    if ((e = next_queue(&a.queue)) != cudaSuccess) return e;
+    if ((e = next_entry(g_tile_queues, &a.queue)) != cudaSuccess) return e;
   }
   // O through shared memory, except for unmasked calls over more than 4k
   // keys: from 8k up the same kernel with 16-byte stores from registers ran
