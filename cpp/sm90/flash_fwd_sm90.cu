@@ -648,9 +648,16 @@ struct Plan {
   int whole, split, items, grid;
 };
 
-Plan plan_tiles(int tiles, int sms, const Shape& s, bool cut = true) {
-  Plan p{tiles, 1, tiles, std::min(tiles, sms)};
-  if (!cut || has_mask(s) || sms <= 0 || sms > kMaxCtas) return p;
+// Query tiles of a call: batch * heads * query blocks.
+int64_t tile_count(const Shape& s) {
+  return (int64_t(s.seqlen_q) + kBlockM - 1) / kBlockM * s.heads * s.batch;
+}
+
+Plan uncut(int tiles, int sms) { return Plan{tiles, 1, tiles, std::min(tiles, sms)}; }
+
+Plan plan_tiles(int tiles, int sms, const Shape& s) {
+  Plan p = uncut(tiles, sms);
+  if (has_mask(s) || sms <= 0 || sms > kMaxCtas) return p;
   const int rest = tiles % sms;
   const int max_split = std::clamp(s.seqlen_k / 1024, 1, kMaxSplit);
   float best = 1.f;  // the last round, in tiles' time
@@ -693,7 +700,7 @@ cudaError_t launch(const FwdParams& p, cudaStream_t stream) {
   a.lse = p.lse;
 
   a.m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;
-  const int64_t tiles = int64_t(a.m_blocks) * p.heads * p.batch;
+  const int64_t tiles = tile_count(p);
   if (tiles > INT32_MAX) return cudaErrorInvalidValue;
   a.tiles = static_cast<int>(tiles);
   // One CTA per SM walks the tiles, loading a tile's Q and first key blocks
@@ -709,7 +716,7 @@ cudaError_t launch(const FwdParams& p, cudaStream_t stream) {
   if ((e = sm_count(&sms)) != cudaSuccess) return e;
   Plan plan = plan_tiles(a.tiles, sms, p);
   if (workspace_bytes(plan, D) > (p.workspace ? p.workspace_bytes : 0))
-    plan = plan_tiles(a.tiles, sms, p, /*cut=*/false);
+    plan = uncut(a.tiles, sms);
   a.whole = plan.whole;
   a.split = plan.split;
   a.items = plan.items;
@@ -787,7 +794,7 @@ bool fwd_supported(const Shape& s) { return shape_covered(s); }
 int64_t fwd_workspace_bytes(const Shape& s) {
   int sms = 0;
   if (!fwd_supported(s) || sm_count(&sms) != cudaSuccess) return 0;
-  const int64_t tiles = (int64_t(s.seqlen_q) + kBlockM - 1) / kBlockM * s.heads * s.batch;
+  const int64_t tiles = tile_count(s);
   if (tiles > INT32_MAX) return 0;
   return workspace_bytes(plan_tiles(static_cast<int>(tiles), sms, s), s.head_dim);
 }
