@@ -25,7 +25,6 @@
 #include "flash_sm90.h"
 
 #include <algorithm>
-#include <atomic>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -34,13 +33,6 @@
 
 namespace jfa_sm90 {
 namespace {
-
-cudaError_t sm_count(int* sms) {
-  int device = 0;
-  cudaError_t e = cudaGetDevice(&device);
-  if (e != cudaSuccess) return e;
-  return cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device);
-}
 
 constexpr int kBlockM = 128;  // query rows per CTA
 constexpr int kThreads = 384;  // three warpgroups
@@ -617,35 +609,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (L::kStoreO && warp == 0 && lane == 0) bulk_wait_read();
 }
 
-// Calls take the entries of these pools in turn, so that calls running at
-// once on different streams use different ones (up to kQueues in flight).
-// The arrival counters of cut tiles are reset by each one's last arrival.
-constexpr int kQueues = 64;
-using Arrivals = unsigned[2 * kMaxCtas];
+// The masked calls' tile queues, taken in turn as the arrival counters are.
 __device__ TileQueue g_tile_queues[kQueues];
-__device__ Arrivals g_arrivals[kQueues];
 
-template <class Entry>
-cudaError_t next_entry(Entry (&pool)[kQueues], Entry** entry) {
-  static std::atomic<unsigned> next{0};  // one per pool
-  Entry* base = nullptr;
-  const cudaError_t e = cudaGetSymbolAddress(reinterpret_cast<void**>(&base), pool);
-  if (e != cudaSuccess) return e;
-  *entry = base + next.fetch_add(1, std::memory_order_relaxed) % kQueues;
-  return cudaSuccess;
-}
-
-// How an unmasked call's tiles go to `sms` persistent CTAs. Whole rounds of
-// tiles leave a last one of `rest` < sms tiles, which would keep the other
-// SMs idle for a tile's time; cutting each of those tiles into `split` pieces
-// of its key blocks ends the call after ceil(rest * split / sms) / split of
-// a tile instead. Pieces keep at least 1024 keys each: shorter ones lost
-// time (H100, d 128, 16 heads: 2k keys in thirds -1%, 4k +0.7%, 16k +1.4%;
-// 64 tiles of 4096 keys in halves 1.49x; docs/hopper-notes.md, eighth session).
-constexpr int kMaxSplit = 4;
-
-struct Plan {
-  int whole, split, items, grid;
+// How an unmasked call's tiles go to `sms` persistent CTAs: the last round's
+// tiles cut into pieces of their key blocks (cut_last_round), pieces of at
+// least 1024 keys: shorter ones lost time (H100, d 128, 16 heads: 2k keys in
+// thirds -1%, 4k +0.7%, 16k +1.4%; 64 tiles of 4096 keys in halves 1.49x;
+// docs/hopper-notes.md, eighth session).
+struct Plan : Cut {
+  int grid;
 };
 
 // Query tiles of a call: batch * heads * query blocks.
@@ -653,33 +626,18 @@ int64_t tile_count(const Shape& s) {
   return (int64_t(s.seqlen_q) + kBlockM - 1) / kBlockM * s.heads * s.batch;
 }
 
-Plan uncut(int tiles, int sms) { return Plan{tiles, 1, tiles, std::min(tiles, sms)}; }
+Plan with_grid(const Cut& c, int sms) { return Plan{c, std::min(c.items, sms)}; }
 
 Plan plan_tiles(int tiles, int sms, const Shape& s) {
-  Plan p = uncut(tiles, sms);
-  if (has_mask(s) || sms <= 0 || sms > kMaxCtas) return p;
-  const int rest = tiles % sms;
-  const int max_split = std::clamp(s.seqlen_k / 1024, 1, kMaxSplit);
-  float best = 1.f;  // the last round, in tiles' time
-  for (int k = 2; k <= max_split; ++k) {
-    const float cost = float((rest * k + sms - 1) / sms) / k;
-    if (cost < best - 0.01f) {
-      best = cost;
-      p.split = k;
-    }
-  }
-  if (p.split == 1) return p;
-  p.whole = tiles - rest;
-  p.items = p.whole + rest * p.split;
-  p.grid = std::min(p.items, sms);
-  return p;
+  if (has_mask(s)) return with_grid(uncut(tiles), sms);
+  return with_grid(cut_last_round(tiles, sms, std::clamp(s.seqlen_k / 1024, 1, kMaxSplit)), sms);
 }
 
-int64_t workspace_bytes(const Plan& p, int head_dim) {
-  if (p.split == 1) return 0;
+int64_t workspace_bytes(const Cut& c, int head_dim) {
+  if (c.split == 1) return 0;
   // Per piece and consumer warpgroup: each thread's O accumulators and its
   // rows' m and l, as float4s.
-  return int64_t(p.items - p.whole) * 2 * (head_dim / 8 + 1) * 128 * 16;
+  return int64_t(c.items - c.whole) * 2 * (head_dim / 8 + 1) * 128 * 16;
 }
 
 // kMaskable = false leaves out the masked kernel for tiles that dispatch_dim
@@ -716,7 +674,7 @@ cudaError_t launch(const FwdParams& p, cudaStream_t stream) {
   if ((e = sm_count(&sms)) != cudaSuccess) return e;
   Plan plan = plan_tiles(a.tiles, sms, p);
   if (workspace_bytes(plan, D) > (p.workspace ? p.workspace_bytes : 0))
-    plan = uncut(a.tiles, sms);
+    plan = with_grid(uncut(a.tiles), sms);
   a.whole = plan.whole;
   a.split = plan.split;
   a.items = plan.items;

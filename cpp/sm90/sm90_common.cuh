@@ -15,6 +15,7 @@
 #include <cute/arch/mma_sm90_gmma.hpp>
 #include <cute/arch/mma_sm90_gmma_ext.hpp>  // N = 80
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <utility>
@@ -339,6 +340,65 @@ cudaError_t make_map(CUtensorMap* map, const void* base, bool bf16, int batch, i
                             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+cudaError_t sm_count(int* sms) {
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return e;
+  return cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device);
+}
+
+// A call's last, partial round. Tiles run one CTA per SM, so whole rounds of
+// `sms` tiles leave a last one of rest = tiles % sms, through which the
+// other SMs idle for a tile's time. Cutting each of those tiles into `split`
+// pieces ends the call after ceil(rest * split / sms) / split of a tile
+// instead; the pieces' partial results meet in caller scratch, where the last
+// piece of a tile to finish combines them. Work items [0, whole) are tiles,
+// then pieces: item whole + split * (tile - whole) + piece, up to `items`.
+constexpr int kMaxSplit = 4;
+constexpr int kMaxCutTiles = 256;  // a last round's: fewer than the SMs
+struct Cut {
+  int whole, split, items;
+};
+
+inline Cut uncut(int tiles) { return Cut{tiles, 1, tiles}; }
+
+// The split (at most max_split) that ends the last round soonest.
+inline Cut cut_last_round(int tiles, int sms, int max_split) {
+  Cut c = uncut(tiles);
+  if (sms <= 0 || sms > kMaxCutTiles) return c;
+  const int rest = tiles % sms;
+  float best = 1.f;  // the last round, in tiles' time
+  for (int k = 2; k <= max_split; ++k) {
+    const float cost = float((rest * k + sms - 1) / sms) / k;
+    if (cost < best - 0.01f) {
+      best = cost;
+      c.split = k;
+    }
+  }
+  if (c.split == 1) return c;
+  c.whole = tiles - rest;
+  c.items = c.whole + rest * c.split;
+  return c;
+}
+
+// Counters of the cut tiles' arrivals (two per tile: the forward counts per
+// consumer warpgroup), reset by each tile's last arrival. Calls take the
+// entries of such pools in turn, so that calls running at once on different
+// streams use different ones (up to kQueues in flight).
+constexpr int kQueues = 64;
+using Arrivals = unsigned[2 * kMaxCutTiles];
+__device__ Arrivals g_arrivals[kQueues];
+
+template <class Entry>
+cudaError_t next_entry(Entry (&pool)[kQueues], Entry** entry) {
+  static std::atomic<unsigned> next{0};  // one per pool
+  Entry* base = nullptr;
+  const cudaError_t e = cudaGetSymbolAddress(reinterpret_cast<void**>(&base), pool);
+  if (e != cudaSuccess) return e;
+  *entry = base + next.fetch_add(1, std::memory_order_relaxed) % kQueues;
+  return cudaSuccess;
 }
 
 }  // namespace
