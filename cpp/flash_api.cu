@@ -458,6 +458,8 @@ void sm90_bwd(const jfa_bwd_args& a, cudaStream_t stream) {
   p.dv = a.dv;
   p.dq_accum = a.dq_accum;
   p.softmax_d = a.softmax_d;
+  p.workspace = a.workspace;
+  p.workspace_bytes = a.workspace_bytes;  // run_bwd ignores it without workspace
   const jfa_sm90::BwdScratch need = jfa_sm90::bwd_scratch_elems(
       a.shape.batch, a.shape.num_heads, a.shape.seqlen_q, a.shape.head_dim);
   require(a.dq_accum_elems >= need.dq_accum, "dq_accum has " + std::to_string(a.dq_accum_elems) +
@@ -639,6 +641,21 @@ int guarded(char* err, size_t err_len, F&& body) {
   return status;
 }
 
+// Scratch a dense call's Hopper kernel can use: 0 off that path, for an
+// invalid shape, or in a build without the kernels (`bytes` is then null).
+template <class Rule>
+int64_t sm90_workspace_bytes(const jfa_attention_shape* shape, bool has_alibi, Rule rule,
+                             int64_t (*bytes)(const jfa_sm90::Shape&)) {
+  if (shape == nullptr || bytes == nullptr) return 0;
+  int64_t n = 0;
+  guarded(nullptr, 0, [&] {
+    check_shape(*shape);
+    if (takes_sm90_path(rule, *shape, has_alibi, /*is_varlen=*/false))
+      n = bytes(sm90_shape(*shape));
+  });
+  return n;
+}
+
 }  // namespace
 
 extern "C" {
@@ -754,20 +771,17 @@ int jfa_fwd_uses_sm90(const jfa_attention_shape* shape, int has_alibi, int is_va
 }
 
 int64_t jfa_fwd_workspace_bytes(const jfa_attention_shape* shape, int has_alibi) {
-  if (shape == nullptr || jfa_sm90::fwd_workspace_bytes == nullptr) return 0;
-  int64_t bytes = 0;
-  guarded(nullptr, 0, [&] {
-    check_shape(*shape);
-    if (takes_sm90_path(uses_sm90, *shape, has_alibi != 0, /*is_varlen=*/false))
-      bytes = jfa_sm90::fwd_workspace_bytes(sm90_shape(*shape));
-  });
-  return bytes;
+  return sm90_workspace_bytes(shape, has_alibi != 0, uses_sm90, jfa_sm90::fwd_workspace_bytes);
 }
 
 int jfa_bwd_uses_sm90(const jfa_attention_shape* shape, int has_alibi, int is_varlen,
                       int cc_major, int cc_minor) {
   if (shape == nullptr || guarded(nullptr, 0, [&] { check_shape(*shape); }) != JFA_OK) return 0;
   return uses_sm90_bwd(*shape, has_alibi != 0, is_varlen != 0, cc_major, cc_minor);
+}
+
+int64_t jfa_bwd_workspace_bytes(const jfa_attention_shape* shape, int has_alibi) {
+  return sm90_workspace_bytes(shape, has_alibi != 0, uses_sm90_bwd, jfa_sm90::bwd_workspace_bytes);
 }
 
 const char* jfa_build_config(void) {

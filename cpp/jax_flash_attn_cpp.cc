@@ -30,8 +30,9 @@
 //             softcap f32, has_alibi pred; backward also deterministic pred
 //   alibi_slopes is float32 [batch, heads], or the empty float32 [0] when the
 //   call has no ALiBi (refused with has_alibi); read only when has_alibi.
-//   The forward also takes scratch from XLA's allocator at run time, of
-//   jfa_fwd_workspace_bytes() (the Hopper forward's cut last round).
+//   Both also take scratch from XLA's allocator at run time, of
+//   jfa_fwd_workspace_bytes() and jfa_bwd_workspace_bytes() (the Hopper
+//   kernels' cut last round).
 //   varlen forward:  args (q, k, v, cu_seqlens_q, cu_seqlens_k, alibi_slopes),
 //                    rets (out, softmax_lse)
 //   varlen backward: args (dout, q, k, v, out, softmax_lse, cu_seqlens_q,
@@ -140,6 +141,18 @@ void set_bwd_buffers(jfa_bwd_args& a, const ffi::AnyBuffer& dout, const ffi::Any
   a.alibi_slopes_batch_stride = a.shape.num_heads;
 }
 
+// Scratch for the Hopper kernels' cut last round, freed when `scratch` goes,
+// after the launch: XLA's later work on the stream runs after the kernel.
+// Without it the call only runs slower.
+template <class Args>
+void take_workspace(ffi::ScratchAllocator& scratch, int64_t bytes, Args& args) {
+  if (bytes <= 0) return;
+  if (std::optional<void*> mem = scratch.Allocate(static_cast<size_t>(bytes), 256)) {
+    args.workspace = *mem;
+    args.workspace_bytes = bytes;
+  }
+}
+
 ffi::Error FlashFwd(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer q,
                     ffi::AnyBuffer k, ffi::AnyBuffer v,
                     ffi::AnyBuffer alibi_slopes, ffi::Result<ffi::AnyBuffer> out,
@@ -154,21 +167,14 @@ ffi::Error FlashFwd(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::Any
   if (status != JFA_OK) return to_ffi_error(status, err);
   if (ffi::Error e = check_slopes(alibi_slopes, has_alibi); e.failure()) return e;
   set_fwd_buffers(args, q, k, v, alibi_slopes, has_alibi, *out, *lse);
-  // Freed when `scratch` goes, after the launch: XLA's later work on the
-  // stream runs after the kernel. Without it the call only runs slower.
-  if (const int64_t bytes = jfa_fwd_workspace_bytes(&args.shape, has_alibi); bytes > 0) {
-    if (std::optional<void*> mem = scratch.Allocate(static_cast<size_t>(bytes), 256)) {
-      args.workspace = *mem;
-      args.workspace_bytes = bytes;
-    }
-  }
+  take_workspace(scratch, jfa_fwd_workspace_bytes(&args.shape, has_alibi), args);
   status = jfa_mha_fwd(&args, stream, err, kErrLen);
   return to_ffi_error(status, err);
 }
 
-ffi::Error FlashBwd(cudaStream_t stream, ffi::AnyBuffer dout, ffi::AnyBuffer q, ffi::AnyBuffer k,
-                    ffi::AnyBuffer v, ffi::AnyBuffer out, ffi::AnyBuffer lse,
-                    ffi::AnyBuffer alibi_slopes, ffi::Result<ffi::AnyBuffer> dq,
+ffi::Error FlashBwd(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer dout,
+                    ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::AnyBuffer out,
+                    ffi::AnyBuffer lse, ffi::AnyBuffer alibi_slopes, ffi::Result<ffi::AnyBuffer> dq,
                     ffi::Result<ffi::AnyBuffer> dk, ffi::Result<ffi::AnyBuffer> dv,
                     ffi::Result<ffi::AnyBuffer> dq_accum, ffi::Result<ffi::AnyBuffer> softmax_d,
                     float softmax_scale, bool is_causal, int32_t window_left,
@@ -187,6 +193,7 @@ ffi::Error FlashBwd(cudaStream_t stream, ffi::AnyBuffer dout, ffi::AnyBuffer q, 
   if (ffi::Error e = check_slopes(alibi_slopes, has_alibi); e.failure()) return e;
   set_bwd_buffers(args, dout, q, k, v, out, lse, alibi_slopes, has_alibi, *dq, *dk, *dv, *dq_accum,
                   *softmax_d);
+  take_workspace(scratch, jfa_bwd_workspace_bytes(&args.shape, has_alibi), args);
   status = jfa_mha_bwd(&args, stream, err, kErrLen);
   return to_ffi_error(status, err);
 }
@@ -314,6 +321,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
     JfaFlashBwd, FlashBwd,
     with_options(ffi::Ffi::Bind()
                      .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                     .Ctx<ffi::ScratchAllocator>()
                      .Arg<ffi::AnyBuffer>()    // dout
                      .Arg<ffi::AnyBuffer>()    // q
                      .Arg<ffi::AnyBuffer>()    // k

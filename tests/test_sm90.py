@@ -316,6 +316,12 @@ GRAD_CASES = [
     ("full-gqa-hd256", (2, 300, 1000, 4, 2, 256), dict()),
     ("causal-empty-rows-hd256", (2, 1000, 300, 4, 1, 256), dict(is_causal=True)),
     ("window-hd256", (1, 777, 777, 4, 4, 256), dict(window_size=(100, 20))),
+    # Unmasked calls whose last round of key blocks would leave SMs idle cut those blocks into
+    # pieces of their queries (on a 132-SM H100: 12 blocks after a whole round, in halves; 24 in
+    # quarters; 32 in halves).
+    ("cut-last-round", (1, 3000, 1100, 16, 4, 128), dict()),
+    ("cut-quarters-hd64", (1, 4100, 700, 4, 2, 64), dict()),
+    ("cut-halves-hd256", (1, 2100, 500, 4, 1, 256), dict()),
 ]
 
 

@@ -29,10 +29,13 @@
 //             all dims itself (twice the work of those two products, but no
 //             exchange) and dQ^T for its own half of the dims.
 // Small kernels around it compute D = rowsum(dO * O) (clearing the dQ buffer
-// on the way) and convert dQ.
+// on the way) and convert dQ. Unmasked calls cut the key blocks of a last,
+// partial round into pieces of their query blocks, whose dK and dV meet in
+// caller scratch (launch_bwd).
 
 #include "flash_sm90.h"
 
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -72,6 +75,15 @@ struct BwdArgs {
   int seqlen_q, seqlen_k, heads, group;
   float scale, scale_log2;
   int window_left, window_right;
+  // CTAs [0, whole) take a key block of one (batch, head) each, n_blocks per
+  // pair; the key blocks after them (fewer than the SMs) are cut into `split`
+  // pieces of their query blocks, CTAs whole + split * (block - whole) +
+  // piece. A piece leaves its float32 dK and dV in `partial`; the last of a
+  // block's pieces to finish (counted in `arrivals`) adds them up and writes
+  // the block's dK and dV.
+  int n_blocks, whole, split;
+  float4* partial;
+  unsigned* arrivals;
 };
 
 template <int D, int kStages, int BM>
@@ -94,6 +106,8 @@ struct BwdSmem {
   // kv_full, then q_full, do_full, q_empty per stage.
   static constexpr int kBytes = kBars + 8 * (1 + 3 * kStages) + 1024;  // + alignment slack
   static_assert(kBytes <= 227 * 1024, "shared memory");
+  // One CTA per SM, which the last round's cut counts on (cut_last_round).
+  static_assert(2 * kBytes > 228 * 1024, "one CTA per SM");
 };
 
 // Where query block m's dQ^T tile of head dims [64 half, 64 half + 64)
@@ -127,7 +141,37 @@ __device__ __forceinline__ void bulk_reduce_add(float* dst, const float* src, in
                : "memory");
   bulk_commit();
 }
-template <bool kBf16, int D, int kStages, int BM>
+// The key block a CTA works on, and for a piece of a cut one, which piece
+// (else -1) and the cut block's index among them. The uncut kernel's grid is
+// (key block, head, batch); the cut one's is 1-D, and its %ctaid.x is read by
+// volatile asm so that each call decodes it afresh: kept in registers from
+// the start to the end, the decoded values spilled inside the loop.
+struct BlockPos {
+  int n_block, head, batch, piece, cut;
+};
+template <bool kCut>
+__device__ __forceinline__ BlockPos block_pos(const BwdArgs& a) {
+  BlockPos p;
+  if constexpr (!kCut) {
+    p.n_block = blockIdx.x, p.head = blockIdx.y, p.batch = blockIdx.z, p.piece = -1, p.cut = 0;
+    return p;
+  }
+  int cta;
+  asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(cta));
+  p.cut = (cta - a.whole) / a.split;
+  p.piece = cta < a.whole ? -1 : cta - a.whole - p.cut * a.split;
+  const int block = cta < a.whole ? cta : a.whole + p.cut;
+  const int bh = block / a.n_blocks;
+  p.n_block = block - bh * a.n_blocks;
+  p.head = bh % a.heads;
+  p.batch = bh / a.heads;
+  return p;
+}
+
+// kCut: the launch cuts its last round's key blocks into pieces (see
+// BwdArgs). A kernel of its own: one kernel with the cut's code ran uncut
+// calls 1.2-1.6% slower at 512-2k (H100, docs/hopper-notes.md, ninth session).
+template <bool kBf16, int D, int kStages, int BM, bool kCut>
 __global__ void __launch_bounds__(kBwdThreads, 1)
     flash_bwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
                const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap do_map,
@@ -167,10 +211,11 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   uint64_t* do_full = bars + 1 + kStages;
   uint64_t* q_empty = bars + 1 + 2 * kStages;
 
-  const int n_block = blockIdx.x, head = blockIdx.y, batch = blockIdx.z;
+  const BlockPos pos = block_pos<kCut>(a);
+  const int piece = pos.piece, head = pos.head, batch = pos.batch;
   const int head_k = head / a.group;
   const int64_t bh = static_cast<int64_t>(batch) * a.heads + head;
-  const int n0 = n_block * kBlockN;
+  const int n0 = pos.n_block * kBlockN;
   const int warpgroup = warpgroup_index();
 
   if (threadIdx.x == 0) {
@@ -190,9 +235,11 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   const int q_first = a.window_right < 0 ? 0 : max(0, n0 - offset - a.window_right);
   const int q_last =
       a.window_left < 0 ? a.seqlen_q - 1 : min(a.seqlen_q - 1, n_last - offset + a.window_left);
-  const int m_lo = q_first / BM;
   const int m_blocks = (a.seqlen_q + BM - 1) / BM;
-  const int n_iter = q_last < q_first ? 0 : q_last / BM - m_lo + 1;
+  const int all_iter = q_last < q_first ? 0 : q_last / BM - q_first / BM + 1;
+  const int piece_lo = piece < 0 ? 0 : all_iter * piece / a.split;  // a piece's share of them
+  const int m_lo = q_first / BM + piece_lo;
+  const int n_iter = piece < 0 ? all_iter : all_iter * (piece + 1) / a.split - piece_lo;
 
   if (warpgroup == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
@@ -493,6 +540,50 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     if (lane == 0) mbar_arrive(&q_empty[s]);
   }
 
+  // A piece of a cut key block: its dK and dV go to its slot in a.partial,
+  // each thread's accumulators as they are (so that the same thread of
+  // another CTA reads them back); the last piece to arrive adds all the slots
+  // in piece order, so the sums do not depend on which piece was last.
+  // Returns whether this CTA was it.
+  auto fold_pieces = [&]() {
+    const int tid = threadIdx.x - 128;       // of both consumers
+    constexpr int kSlot = kAcc / 2 * 256;    // float4s per piece: dK, then dV
+    const BlockPos end = block_pos<kCut>(a);
+    auto slot = [&](int j) { return a.partial + (int64_t(end.cut) * a.split + j) * kSlot; };
+    float4* mine = slot(end.piece);
+#pragma unroll
+    for (int i = 0; i < kAcc / 4; ++i) {
+      __stcg(&mine[i * 256 + tid], make_float4(dk[4 * i], dk[4 * i + 1], dk[4 * i + 2], dk[4 * i + 3]));
+      __stcg(&mine[(kAcc / 4 + i) * 256 + tid], make_float4(dv[4 * i], dv[4 * i + 1], dv[4 * i + 2], dv[4 * i + 3]));
+    }
+    __threadfence();
+    consumers_sync();  // after every read of the statistics, whose first word now holds the verdict
+    int* last_piece = reinterpret_cast<int*>(stats_smem);
+    if (tid == 0) {
+      unsigned* count = &a.arrivals[end.cut];
+      const bool last = atomicAdd(count, 1u) == unsigned(a.split - 1);
+      if (last) *count = 0;  // for the next call that takes these counters
+      *last_piece = last;
+    }
+    consumers_sync();
+    if (!*last_piece) return false;
+    __threadfence();
+#pragma unroll
+    for (int i = 0; i < kAcc; ++i) dv[i] = dk[i] = 0.f;
+    for (int j = 0; j < a.split; ++j) {
+      const float4* other = slot(j);
+#pragma unroll
+      for (int i = 0; i < kAcc / 4; ++i) {
+        const float4 k4 = __ldcg(&other[i * 256 + tid]), v4 = __ldcg(&other[(kAcc / 4 + i) * 256 + tid]);
+        dk[4 * i] += k4.x, dk[4 * i + 1] += k4.y, dk[4 * i + 2] += k4.z, dk[4 * i + 3] += k4.w;
+        dv[4 * i] += v4.x, dv[4 * i + 1] += v4.y, dv[4 * i + 2] += v4.z, dv[4 * i + 3] += v4.w;
+      }
+    }
+    return true;
+  };
+  if constexpr (kCut)
+    if (block_pos<kCut>(a).piece >= 0 && !fold_pieces()) return;
+
   // dK (scaled) and dV for this head's keys, [batch, seqlen_k, heads, D], go
   // through shared memory so that each key's row leaves in 16-byte stores:
   // straight from the accumulators they would be 4-byte pieces of 8 rows per
@@ -500,6 +591,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   // dim0), so it stages and stores them alone, in the Q, dO and dS^T buffers,
   // which are free once both consumers are past their last products.
   consumers_sync();
+  // The cut kernel reads its position again (see block_pos); the uncut one keeps it.
+  const BlockPos end = kCut ? block_pos<kCut>(a) : pos;
+  const int end_key0 = kCut ? end.n_block * kBlockN + key_local : key0;
   constexpr int kOutPitch = kAccDims / 2 + 4;  // words; the padding keeps the 8 rows of a store on distinct banks
   constexpr int kWarpRows = 16, kChunks = kAccDims * 2 / 16;  // 16-byte pieces per row
   uint32_t* stage = reinterpret_cast<uint32_t*>(sQ) + (wg * 4 + warp) * 2 * kWarpRows * kOutPitch;
@@ -520,9 +614,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     __syncwarp();
     const int t = lane / kWarpRows, r = lane % kWarpRows;
-    const int key = key0 - lane / 4 + r;  // the warp's first key + r
+    const int key = end_key0 - lane / 4 + r;  // the warp's first key + r
     if (key < a.seqlen_k) {
-      const int64_t row = ((static_cast<int64_t>(batch) * a.seqlen_k + key) * a.heads + head) * D + dim0;
+      const int64_t row = ((static_cast<int64_t>(end.batch) * a.seqlen_k + key) * a.heads + end.head) * D + dim0;
       bulk_store(static_cast<uint16_t*>(t ? a.dv : a.dk) + row, stage + (t * kWarpRows + r) * kOutPitch,
                  kAccDims * 2);
       bulk_commit();
@@ -533,10 +627,10 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
 #pragma unroll
     for (int c = lane; c < 2 * kWarpRows * kChunks; c += 32) {
       const int t = c / (kWarpRows * kChunks), r = c / kChunks % kWarpRows, chunk = c % kChunks;
-      const int key = key0 - lane / 4 + r;  // the warp's first key + r
+      const int key = end_key0 - lane / 4 + r;  // the warp's first key + r
       if (key >= a.seqlen_k) continue;
       const uint4 x = *reinterpret_cast<const uint4*>(stage + (t * kWarpRows + r) * kOutPitch + 4 * chunk);
-      const int64_t row = ((static_cast<int64_t>(batch) * a.seqlen_k + key) * a.heads + head) * D + dim0;
+      const int64_t row = ((static_cast<int64_t>(end.batch) * a.seqlen_k + key) * a.heads + end.head) * D + dim0;
       reinterpret_cast<uint4*>(static_cast<uint16_t*>(t ? a.dv : a.dk) + row)[chunk] = x;
     }
   }
@@ -613,6 +707,35 @@ __global__ void dq_convert_kernel(const float* acc, void* dq, int heads, int seq
   }
 }
 
+// Key blocks of a call: batch * heads * blocks of kBwdBlockN keys.
+int64_t key_block_count(const Shape& s) {
+  const int block_n = s.head_dim == 256 ? kBwdBlockN<256> : kBwdBlockN<128>;
+  return (int64_t(s.seqlen_k) + block_n - 1) / block_n * s.heads * s.batch;
+}
+
+// Unmasked calls cut their last round's key blocks into pieces of their
+// query blocks (cut_last_round), pieces of at least 1024 queries, as the
+// forward's pieces keep 1024 keys; but only calls of at most two whole rounds
+// before it. The cut kernel spills more than the uncut one (its decoded block
+// index; as the only kernel it cost uncut calls 1.2-1.6% at 512-2k), which
+// the cut only repays where the last round is a large part of the call: at
+// 16 heads (15 whole rounds, 68 key blocks in thirds) cut and uncut calls
+// timed alike at 4k-16k, while 64 key blocks in halves ran 1.5x faster
+// (H100, docs/hopper-notes.md, ninth session).
+constexpr int kMaxWholeRoundsCut = 2;
+Cut plan_bwd(int blocks, int sms, const Shape& s) {
+  if (has_mask(s)) return uncut(blocks);
+  const Cut c = cut_last_round(blocks, sms, std::clamp(s.seqlen_q / 1024, 1, kMaxSplit));
+  return c.whole > kMaxWholeRoundsCut * sms ? uncut(blocks) : c;
+}
+
+// Per piece: each consumer thread's float32 dK and dV (256 threads).
+int64_t cut_scratch_bytes(const Cut& c, int head_dim) {
+  if (c.split == 1) return 0;
+  const int acc_dims = head_dim == 256 ? 128 : head_dim;  // dK and dV dims a consumer holds
+  return int64_t(c.items - c.whole) * 256 * 2 * acc_dims / 2 * 4;
+}
+
 template <bool kBf16, int D, int kStages, int BM>
 cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
   CUtensorMap q_map, k_map, v_map, do_map;
@@ -637,13 +760,38 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
   a.dq_accum = p.dq_accum;
   a.dk = p.dk;
   a.dv = p.dv;
-  auto kernel = flash_bwd_kernel<kBf16, D, kStages, BM>;
+  const int64_t blocks = key_block_count(p);
+  if (blocks > INT32_MAX) return cudaErrorInvalidValue;
+  int sms = 0;
+  if ((e = sm_count(&sms)) != cudaSuccess) return e;
+  Cut cut = plan_bwd(static_cast<int>(blocks), sms, p);
+  if (cut_scratch_bytes(cut, D) > (p.workspace ? p.workspace_bytes : 0))
+    cut = uncut(static_cast<int>(blocks));
+  a.n_blocks = (p.seqlen_k + kBwdBlockN<D> - 1) / kBwdBlockN<D>;
+  a.whole = cut.whole;
+  a.split = cut.split;
+  a.partial = static_cast<float4*>(p.workspace);
+  a.arrivals = nullptr;
+  if (cut.split > 1) {
+    Arrivals* arrivals = nullptr;
+    if ((e = next_entry(g_arrivals, &arrivals)) != cudaSuccess) return e;
+    a.arrivals = *arrivals;
+  }
+  // Masked calls are never cut (their key blocks differ in work), so the
+  // 64-row kernel has no cut variant.
+  auto kernel = flash_bwd_kernel<kBf16, D, kStages, BM, false>;
+  dim3 grid(a.n_blocks, p.heads, p.batch);
+  if constexpr (BM != kBwdBlockMMasked) {
+    if (cut.split > 1) {
+      kernel = flash_bwd_kernel<kBf16, D, kStages, BM, true>;
+      grid = dim3(cut.items);
+    }
+  }
   constexpr int smem = BwdSmem<D, kStages, BM>::kBytes;
   if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem)) !=
       cudaSuccess)
     return e;
-  const dim3 grid((p.seqlen_k + kBwdBlockN<D> - 1) / kBwdBlockN<D>, p.heads, p.batch);
-  kernel<<<grid, kBwdThreads, smem, stream>>>(q_map, k_map, v_map, do_map, a);
+  if (blocks > 0) kernel<<<grid, kBwdThreads, smem, stream>>>(q_map, k_map, v_map, do_map, a);
 
   const dim3 convert_grid(D / 64 * m_blocks, p.heads, p.batch);
   dq_convert_kernel<kBf16, D, BM><<<convert_grid, 128, 0, stream>>>(p.dq_accum, p.dq, p.heads, p.seqlen_q,
@@ -681,6 +829,14 @@ cudaError_t launch_bwd_for_head_dim(const BwdParams& p, cudaStream_t stream) {
 }  // namespace
 
 bool bwd_supported(const Shape& s) { return shape_covered(s); }
+
+int64_t bwd_workspace_bytes(const Shape& s) {
+  int sms = 0;
+  if (!bwd_supported(s) || sm_count(&sms) != cudaSuccess) return 0;
+  const int64_t blocks = key_block_count(s);
+  if (blocks > INT32_MAX) return 0;
+  return cut_scratch_bytes(plan_bwd(static_cast<int>(blocks), sms, s), s.head_dim);
+}
 
 cudaError_t run_bwd(const BwdParams& p, cudaStream_t stream) {
   if (!bwd_supported(p)) return cudaErrorNotSupported;

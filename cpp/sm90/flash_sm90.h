@@ -67,6 +67,10 @@ struct BwdParams : Shape {
   void* dv;
   float* dq_accum;   // scratch: bwd_scratch_elems(...).dq_accum floats
   float* softmax_d;  // scratch: bwd_scratch_elems(...).row_stats floats
+  // Scratch of bwd_workspace_bytes(...) bytes, uninitialised; without it
+  // (null, or fewer bytes), a call's last round of key blocks runs uncut.
+  void* workspace;
+  int64_t workspace_bytes;
 };
 
 // Whether this build has a backward kernel for the shape's dtype and head dim.
@@ -90,6 +94,10 @@ inline BwdScratch bwd_scratch_elems(int64_t batch, int64_t heads, int64_t seqlen
   const int64_t rows = batch * heads * padded;
   return {rows * head_dim, 2 * rows};
 }
+
+// Scratch the backward can use on the current device, as fwd_workspace_bytes:
+// it cuts the last round's key blocks into pieces of their query blocks.
+__attribute__((weak)) int64_t bwd_workspace_bytes(const Shape& s);
 
 // Launches the backward on `stream` (dq_accum need not be zeroed); the GPU must be sm_90.
 __attribute__((weak)) cudaError_t run_bwd(const BwdParams& p, cudaStream_t stream);

@@ -20,8 +20,9 @@
 //!
 //! alibi_slopes is always a float32 buffer, [batch, heads] or (no ALiBi) the
 //! empty [0], block_table an int32 [batch, max_blocks_per_seq] one; the
-//! kernels read them only when has_alibi / has_block_table is set. The
-//! forward also takes scratch from XLA at run time (jfa_fwd_workspace_bytes).
+//! kernels read them only when has_alibi / has_block_table is set. The dense
+//! forward and backward also take scratch from XLA at run time
+//! (jfa_fwd_workspace_bytes, jfa_bwd_workspace_bytes).
 
 use std::ffi::c_void;
 
@@ -244,7 +245,20 @@ fn bwd_args(
         dq_accum_elems: elements(ops.rets[3]),
         alibi_slopes: alibi(ops.args[alibi_index], has_alibi)?,
         alibi_slopes_batch_stride: shape.num_heads,
+        workspace: std::ptr::null_mut(),
+        workspace_bytes: 0,
     })
+}
+
+/// Scratch of `bytes` from XLA, freed with `ops` after the launch, as
+/// (address, bytes); none (null, 0) where XLA has none to give or none is
+/// wanted. Without it a call only runs slower.
+fn workspace(ops: &Operands, bytes: i64) -> (*mut c_void, i64) {
+    let wanted = usize::try_from(bytes).ok().filter(|&b| b > 0);
+    match wanted.and_then(|b| ops.scratch.allocate(b, 256)) {
+        Some(data) => (data, bytes),
+        None => (std::ptr::null_mut(), 0),
+    }
 }
 
 /// An int32 buffer's device pointer (cu_seqlens, seqlens_k, block_table).
@@ -256,13 +270,8 @@ fn fwd(lib: &impl KernelLib, ops: &Operands) -> Result<(), FfiError> {
     let (mut shape, has_alibi) = options(&ops.attrs);
     lib.fwd_shape(&describe_all(ops), &mut shape).map_err(to_ffi_error)?;
     let mut args = fwd_args(ops, shape, 3, has_alibi)?;
-    // Freed with `ops`, after the launch. Without it the call only runs slower.
-    let bytes = lib.fwd_workspace_bytes(&shape, has_alibi);
-    let wanted = usize::try_from(bytes).ok().filter(|&b| b > 0);
-    if let Some(data) = wanted.and_then(|b| ops.scratch.allocate(b, 256)) {
-        args.workspace = data;
-        args.workspace_bytes = bytes;
-    }
+    (args.workspace, args.workspace_bytes) =
+        workspace(ops, lib.fwd_workspace_bytes(&shape, has_alibi));
     // SAFETY: the buffers are XLA's device buffers of the validated shapes.
     unsafe { lib.mha_fwd(&args, ops.stream) }.map_err(to_ffi_error)
 }
@@ -270,7 +279,9 @@ fn fwd(lib: &impl KernelLib, ops: &Operands) -> Result<(), FfiError> {
 fn bwd(lib: &impl KernelLib, ops: &Operands) -> Result<(), FfiError> {
     let (mut shape, has_alibi) = options(&ops.attrs);
     lib.bwd_shape(&describe_all(ops), &mut shape).map_err(to_ffi_error)?;
-    let args = bwd_args(ops, shape, 6, has_alibi)?;
+    let mut args = bwd_args(ops, shape, 6, has_alibi)?;
+    (args.workspace, args.workspace_bytes) =
+        workspace(ops, lib.bwd_workspace_bytes(&shape, has_alibi));
     // SAFETY: as in fwd.
     unsafe { lib.mha_bwd(&args, ops.stream) }.map_err(to_ffi_error)
 }

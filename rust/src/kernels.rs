@@ -11,7 +11,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 
-pub const JFA_ABI_VERSION: c_int = 6;
+pub const JFA_ABI_VERSION: c_int = 7;
 
 // jfa_status
 pub const JFA_OK: c_int = 0;
@@ -72,6 +72,8 @@ pub struct BwdArgs {
     pub dq_accum_elems: i64,
     pub alibi_slopes: *const f32,
     pub alibi_slopes_batch_stride: i64,
+    pub workspace: *mut c_void,
+    pub workspace_bytes: i64,
 }
 
 /// Packed sequences: `base` as for a dense call, plus the int32 [batch + 1]
@@ -194,6 +196,7 @@ extern "C" {
         err_len: usize,
     ) -> c_int;
     pub fn jfa_fwd_workspace_bytes(shape: *const AttentionShape, has_alibi: c_int) -> i64;
+    pub fn jfa_bwd_workspace_bytes(shape: *const AttentionShape, has_alibi: c_int) -> i64;
     pub fn jfa_mha_bwd(
         args: *const BwdArgs,
         cuda_stream: *mut c_void,
@@ -276,6 +279,8 @@ pub trait KernelLib {
     /// # Safety
     /// As `mha_fwd`.
     unsafe fn mha_bwd(&self, args: &BwdArgs, stream: *mut c_void) -> Result<(), Failure>;
+    /// The same for a dense backward.
+    fn bwd_workspace_bytes(&self, shape: &AttentionShape, has_alibi: bool) -> i64;
     /// The varlen forward's buffers; also gives (total_q, total_k).
     fn varlen_fwd_shape(
         &self,
@@ -374,6 +379,11 @@ impl KernelLib for CAbi {
 
     unsafe fn mha_bwd(&self, args: &BwdArgs, stream: *mut c_void) -> Result<(), Failure> {
         with_err(|err, len| jfa_mha_bwd(args, stream, err, len))
+    }
+
+    fn bwd_workspace_bytes(&self, shape: &AttentionShape, has_alibi: bool) -> i64 {
+        // SAFETY: as in fwd_workspace_bytes.
+        unsafe { jfa_bwd_workspace_bytes(shape, has_alibi as c_int) }
     }
 
     fn varlen_fwd_shape(

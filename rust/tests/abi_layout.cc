@@ -42,7 +42,8 @@ const jfa_rust_layout_entry jfa_rust_layout[] = {
     FIELD(jfa_bwd_args, dq), FIELD(jfa_bwd_args, dk), FIELD(jfa_bwd_args, dv),
     FIELD(jfa_bwd_args, dq_accum), FIELD(jfa_bwd_args, softmax_d),
     FIELD(jfa_bwd_args, dq_accum_elems), FIELD(jfa_bwd_args, alibi_slopes),
-    FIELD(jfa_bwd_args, alibi_slopes_batch_stride),
+    FIELD(jfa_bwd_args, alibi_slopes_batch_stride), FIELD(jfa_bwd_args, workspace),
+    FIELD(jfa_bwd_args, workspace_bytes),
     SIZE(jfa_varlen_fwd_args), FIELD(jfa_varlen_fwd_args, base),
     FIELD(jfa_varlen_fwd_args, cu_seqlens_q), FIELD(jfa_varlen_fwd_args, cu_seqlens_k),
     FIELD(jfa_varlen_fwd_args, total_q), FIELD(jfa_varlen_fwd_args, total_k),
@@ -139,6 +140,7 @@ static_assert(same<decltype(jfa_num_sms), int(int, int*, char*, size_t)>);
 static_assert(same<decltype(jfa_check_shape), int(const jfa_attention_shape*, char*, size_t)>);
 static_assert(same<decltype(jfa_mha_fwd), int(const jfa_fwd_args*, void*, char*, size_t)>);
 static_assert(same<decltype(jfa_fwd_workspace_bytes), int64_t(const jfa_attention_shape*, int)>);
+static_assert(same<decltype(jfa_bwd_workspace_bytes), int64_t(const jfa_attention_shape*, int)>);
 static_assert(same<decltype(jfa_mha_bwd), int(const jfa_bwd_args*, void*, char*, size_t)>);
 static_assert(
     same<decltype(jfa_mha_varlen_fwd), int(const jfa_varlen_fwd_args*, void*, char*, size_t)>);

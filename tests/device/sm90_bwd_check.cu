@@ -4,7 +4,9 @@
 // the benchmark shapes ("bench 64": head dim 64, with 32 heads, "bench 256" with 8; "stress D":
 // those five times over, for hangs;
 // "ncu [SEQ]": one point,
-// 4k by default, for a profiler; "only D": no timing, the cases of head dim D). Build as
+// 4k by default, for a profiler; "only D": no timing, the cases of head dim D; "time D": the
+// unmasked timings alone; "few D HEADS SEQ": one point, batch 1, three times; JFA_UNCUT=1 times
+// without scratch, so the last round of key blocks runs uncut). Build as
 // tests/device/sm90_fwd_check.cu says.
 #include "../../cpp/sm90/flash_fwd_sm90.cu"
 #include "../../cpp/sm90/flash_bwd_sm90.cu"
@@ -12,6 +14,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -132,6 +135,12 @@ bool check(bool bf16, int b, int sq, int sk, int h, int hk, int d, int wl, int w
   jfa_sm90::FwdParams fp{shape, q, k, v, o, lse};
   CK(jfa_sm90::run_fwd(fp, 0));
   jfa_sm90::BwdParams bp{shape, q, k, v, o, dout, lse, dq, dk, dv, acc, sd};
+  // Scratch poisoned too: a cut key block's pieces must read only what others wrote.
+  bp.workspace_bytes = jfa_sm90::bwd_workspace_bytes(shape);
+  if (bp.workspace_bytes) {
+    CK(cudaMalloc(&bp.workspace, bp.workspace_bytes));
+    CK(cudaMemset(bp.workspace, 0xFF, bp.workspace_bytes));
+  }
   CK(jfa_sm90::run_bwd(bp, 0));
   CK(cudaDeviceSynchronize());
   ref_rows<T><<<dim3(sq, h, b), 128, (2 * sk + 1) * 4>>>(q, k, v, dout, P, dS, rq, sq, sk, h, hk, d, scale, wl, wr);
@@ -146,16 +155,33 @@ bool check(bool bf16, int b, int sq, int sk, int h, int hk, int d, int wl, int w
   double ek = max_rel(to_host(dk, nkh), to_host_f(rk, nkh), dv_scale, &bad);
   double ev = max_rel(to_host(dv, nkh), ref_dv, 0, &bad);
   const double tol = bf16 ? 3e-2 : 6e-3;
-  const bool ok = !bad && eq < tol && ek < tol && ev < tol;
-  printf("%s %s b=%d sq=%d sk=%d h=%d hk=%d d=%d win=(%d,%d): dq %.2e dk %.2e dv %.2e (max err / max |ref|)%s\n",
-         ok ? "PASS" : "FAIL", bf16 ? "bf16" : "fp16", b, sq, sk, h, hk, d, wl, wr, eq, ek, ev, bad ? " non-finite" : "");
+  bool ok = !bad && eq < tol && ek < tol && ev < tol;
+  if (bp.workspace_bytes) {  // cut key blocks add their pieces in a fixed order: dK and dV the same bits again
+    std::vector<uint16_t> first(2 * nkh), again(2 * nkh);
+    CK(cudaMemcpy(first.data(), dk, nkh * 2, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(first.data() + nkh, dv, nkh * 2, cudaMemcpyDeviceToHost));
+    for (int rep = 0; rep < 3 && ok; ++rep) {
+      CK(jfa_sm90::run_bwd(bp, 0));
+      CK(cudaMemcpy(again.data(), dk, nkh * 2, cudaMemcpyDeviceToHost));
+      CK(cudaMemcpy(again.data() + nkh, dv, nkh * 2, cudaMemcpyDeviceToHost));
+      if (memcmp(first.data(), again.data(), 4 * nkh) != 0) {
+        printf("cut key blocks: a repeated call changed dK or dV\n");
+        ok = false;
+      }
+    }
+  }
+  printf("%s %s b=%d sq=%d sk=%d h=%d hk=%d d=%d win=(%d,%d): dq %.2e dk %.2e dv %.2e (max err / max |ref|)%s%s\n",
+         ok ? "PASS" : "FAIL", bf16 ? "bf16" : "fp16", b, sq, sk, h, hk, d, wl, wr, eq, ek, ev, bad ? " non-finite" : "",
+         bp.workspace_bytes ? " (cut key blocks)" : "");
+  cudaFree(bp.workspace);
   for (void* x : {(void*)q, (void*)k, (void*)v, (void*)o, (void*)dout, (void*)dq, (void*)dk, (void*)dv, (void*)lse, (void*)acc,
                   (void*)sd, (void*)P, (void*)dS, (void*)rq, (void*)rk, (void*)rv}) cudaFree(x);
   return ok;
 }
 
-void bench(int seq, bool causal, int d = 128) {
-  const int h = 16 * 128 / d, b = 16384 / seq;  // the same FLOPs at every head dim
+void bench(int seq, bool causal, int d = 128, int h = 0, int tokens = 16384) {
+  if (h == 0) h = 16 * 128 / d;  // the same FLOPs at every head dim
+  const int b = tokens / seq;
   const int64_t n = int64_t(b) * seq * h * d;
   __nv_bfloat16 *q, *k, *v, *o, *dout, *dq, *dk, *dv;
   float *lse, *acc, *sd;
@@ -172,6 +198,9 @@ void bench(int seq, bool causal, int d = 128) {
   jfa_sm90::FwdParams fp{shape, q, k, v, o, lse};
   CK(jfa_sm90::run_fwd(fp, 0));
   jfa_sm90::BwdParams bp{shape, q, k, v, o, dout, lse, dq, dk, dv, acc, sd};
+  const char* uncut = getenv("JFA_UNCUT");
+  if (!(uncut && *uncut == '1') && (bp.workspace_bytes = jfa_sm90::bwd_workspace_bytes(shape)))
+    CK(cudaMalloc(&bp.workspace, bp.workspace_bytes));
   for (int i = 0; i < 3; ++i) CK(jfa_sm90::run_bwd(bp, 0));
   cudaEvent_t e0, e1; cudaEventCreate(&e0); cudaEventCreate(&e1);
   const int iters = 10;
@@ -181,14 +210,22 @@ void bench(int seq, bool causal, int d = 128) {
   CK(cudaEventSynchronize(e1));
   float ms; cudaEventElapsedTime(&ms, e0, e1); ms /= iters;
   double flops = 2.5 * 4.0 * b * h * double(seq) * seq * d * (causal ? 0.5 : 1.0);
-  printf("bench bwd bf16 d=%d seq=%5d batch=%2d %s: %.3f ms, %.1f TFLOPS\n", d, seq, b, causal ? "causal" : "full  ", ms,
-         flops / ms / 1e9);
-  for (void* x : {(void*)q, (void*)k, (void*)v, (void*)o, (void*)dout, (void*)dq, (void*)dk, (void*)dv, (void*)lse, (void*)acc, (void*)sd}) cudaFree(x);
+  printf("bench bwd bf16 d=%d seq=%5d batch=%2d heads=%2d %s: %.4f ms, %.1f TFLOPS%s\n", d, seq, b, h,
+         causal ? "causal" : "full  ", ms, flops / ms / 1e9, bp.workspace_bytes ? " (cut)" : "");
+  for (void* x : {bp.workspace, (void*)q, (void*)k, (void*)v, (void*)o, (void*)dout, (void*)dq, (void*)dk, (void*)dv, (void*)lse, (void*)acc, (void*)sd}) cudaFree(x);
 }
 
 int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);  // a run killed by a timeout keeps every line it printed
   if (argc > 1 && std::string(argv[1]) == "ncu") { bench(argc > 2 ? atoi(argv[2]) : 4096, false); return 0; }
+  if (argc > 4 && std::string(argv[1]) == "few") {
+    for (int r = 0; r < 3; ++r) bench(atoi(argv[4]), false, atoi(argv[2]), atoi(argv[3]), atoi(argv[4]));
+    return 0;
+  }
+  if (argc > 2 && std::string(argv[1]) == "time") {
+    for (int seq : {512, 1024, 2048, 4096, 8192, 16384}) bench(seq, false, atoi(argv[2]));
+    return 0;
+  }
   int fails = 0, seed = 99;
   struct Case { int b, sq, sk, h, hk, d, wl, wr; };
   std::vector<Case> cases = {
@@ -204,6 +241,12 @@ int main(int argc, char** argv) {
       {1, 1000, 1000, 2, 2, 256, -1, 0}, {1, 77, 500, 2, 1, 256, -1, 0},
       {1, 500, 77, 2, 1, 256, -1, 0},  {2, 1024, 1024, 2, 2, 256, 100, 50},
       {1, 513, 700, 3, 1, 256, 0, 0},  {1, 200, 40, 2, 2, 256, 10, 0},
+      // Unmasked with SMs idle in the last round: its key blocks cut into
+      // pieces of their query blocks (on 132 SMs: halves; halves after a
+      // whole round, with GQA; quarters at d 64 with partial last blocks;
+      // halves at d 256).
+      {1, 4096, 4096, 2, 2, 128, -1, -1}, {1, 3000, 1100, 16, 4, 128, -1, -1},
+      {1, 4100, 700, 4, 2, 64, -1, -1},   {1, 2100, 500, 4, 1, 256, -1, -1},
   };
   // "only D": the cases of head dim D alone (for compute-sanitizer).
   const int only = argc > 2 && std::string(argv[1]) == "only" ? atoi(argv[2]) : 0;

@@ -26,8 +26,9 @@ extern "C" {
 /* Bumped whenever a struct below changes layout or functions are added;
  * bindings check it. 5: jfa_has_sm90_kernel, jfa_fwd_uses_sm90, jfa_has_sm90_bwd_kernel,
  * jfa_bwd_uses_sm90, and a larger softmax_d from jfa_bwd_workspace_elems.
- * 6: jfa_fwd_args.workspace, jfa_fwd_workspace_bytes. */
-#define JFA_ABI_VERSION 6
+ * 6: jfa_fwd_args.workspace, jfa_fwd_workspace_bytes.
+ * 7: jfa_bwd_args.workspace, jfa_bwd_workspace_bytes. */
+#define JFA_ABI_VERSION 7
 
 typedef enum {
   JFA_OK = 0,
@@ -108,6 +109,10 @@ typedef struct {
   int64_t dq_accum_elems;
   const float* alibi_slopes; /* as in jfa_fwd_args */
   int64_t alibi_slopes_batch_stride;
+  /* Dense calls: optional scratch of jfa_bwd_workspace_bytes() bytes, as
+   * jfa_fwd_args.workspace. */
+  void* workspace;
+  int64_t workspace_bytes;
 } jfa_bwd_args;
 
 /* Variable-length (packed) sequences, FlashAttention's varlen layout: the
@@ -311,6 +316,9 @@ int jfa_has_sm90_bwd_kernel(jfa_dtype dtype, int64_t head_dim);
 int64_t jfa_fwd_workspace_bytes(const jfa_attention_shape* shape, int has_alibi);
 int jfa_bwd_uses_sm90(const jfa_attention_shape* shape, int has_alibi, int is_varlen,
                       int cc_major, int cc_minor);
+/* The same for a dense backward call: the Hopper backward cuts its last round
+ * of key blocks into pieces of their queries, whose dK and dV meet there. */
+int64_t jfa_bwd_workspace_bytes(const jfa_attention_shape* shape, int has_alibi);
 
 /* What this build compiled, e.g. "kernels: bfloat16/128" (followed by
  * "; sm90 forward: bfloat16/128" and "; sm90 backward: bfloat16/128" for the

@@ -90,6 +90,8 @@ fn ours() -> Vec<(&'static str, i64)> {
         field!("jfa_bwd_args.dq_accum_elems", BwdArgs, dq_accum_elems),
         field!("jfa_bwd_args.alibi_slopes", BwdArgs, alibi_slopes),
         field!("jfa_bwd_args.alibi_slopes_batch_stride", BwdArgs, alibi_slopes_batch_stride),
+        field!("jfa_bwd_args.workspace", BwdArgs, workspace),
+        field!("jfa_bwd_args.workspace_bytes", BwdArgs, workspace_bytes),
         size!("jfa_varlen_fwd_args", VarlenFwdArgs),
         field!("jfa_varlen_fwd_args.base", VarlenFwdArgs, base),
         field!("jfa_varlen_fwd_args.cu_seqlens_q", VarlenFwdArgs, cu_seqlens_q),

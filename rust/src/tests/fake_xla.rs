@@ -578,7 +578,7 @@ pub struct Launch {
     pub dq_accum_elems: i64,
     pub varlen: Option<Packed>,
     pub kvcache: Option<Cache>,
-    /// The forward's scratch: address and bytes.
+    /// The dense forward's or backward's scratch: address and bytes.
     pub workspace: (usize, i64),
 }
 
@@ -612,8 +612,9 @@ pub struct Recorder {
     pub described: RefCell<Vec<Described>>,
     pub launch_failure: Option<(c_int, &'static str)>,
     pub panic_on_launch: bool,
-    /// What fwd_workspace_bytes answers.
+    /// What fwd_workspace_bytes and bwd_workspace_bytes answer.
     pub fwd_workspace: i64,
+    pub bwd_workspace: i64,
 }
 
 fn fwd_launch(a: &FwdArgs, stream: *mut c_void) -> Launch {
@@ -653,7 +654,7 @@ fn bwd_launch(a: &BwdArgs, stream: *mut c_void) -> Launch {
         dq_accum_elems: a.dq_accum_elems,
         varlen: None,
         kvcache: None,
-        workspace: (0, 0),
+        workspace: (a.workspace as usize, a.workspace_bytes),
     }
 }
 
@@ -730,6 +731,10 @@ impl KernelLib for Recorder {
 
     unsafe fn mha_bwd(&self, a: &BwdArgs, stream: *mut c_void) -> Result<(), Failure> {
         self.launch(bwd_launch(a, stream))
+    }
+
+    fn bwd_workspace_bytes(&self, _shape: &AttentionShape, _has_alibi: bool) -> i64 {
+        self.bwd_workspace
     }
 
     unsafe fn mha_varlen_fwd(&self, a: &VarlenFwdArgs, stream: *mut c_void) -> Result<(), Failure> {

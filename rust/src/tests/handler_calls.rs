@@ -126,18 +126,40 @@ fn fwd_launches_with_the_decoded_shape_pointers_and_stream() {
     );
 }
 
-#[test]
-fn fwd_takes_the_scratch_it_asks_for_from_xla_and_frees_it_after_the_launch() {
+/// A dense call that asks for 4096 bytes of scratch gets them from XLA's
+/// allocator, launches with them, and frees them after the launch.
+fn takes_scratch_and_frees_it(
+    lib: &Recorder,
+    run: fn(&Recorder, &Spec) -> Option<(i32, String)>,
+    spec: &Spec,
+) {
     ALLOCATED.with_borrow_mut(Vec::clear);
     FREED.with_borrow_mut(Vec::clear);
-    let lib = Recorder { fwd_workspace: 4096, ..Default::default() };
-    assert_eq!(run_fwd(&lib, &fwd_spec()), None);
+    assert_eq!(run(lib, spec), None);
     let [(size, alignment, addr)] = ALLOCATED.with_borrow(|a| a.clone())[..] else {
         panic!("one allocation expected");
     };
     assert_eq!((size, alignment), (4096, 256));
     assert_eq!(lib.launches.borrow()[0].workspace, (addr, 4096));
     assert_eq!(FREED.with_borrow(|f| f.clone()), vec![(4096, addr)]);
+}
+
+#[test]
+fn fwd_takes_the_scratch_it_asks_for_from_xla_and_frees_it_after_the_launch() {
+    takes_scratch_and_frees_it(
+        &Recorder { fwd_workspace: 4096, ..Default::default() },
+        run_fwd,
+        &fwd_spec(),
+    );
+}
+
+#[test]
+fn bwd_takes_the_scratch_it_asks_for_from_xla_and_frees_it_after_the_launch() {
+    takes_scratch_and_frees_it(
+        &Recorder { bwd_workspace: 4096, ..Default::default() },
+        run_bwd,
+        &bwd_spec(),
+    );
 }
 
 #[test]
@@ -247,6 +269,7 @@ fn bwd_launches_with_the_decoded_shape_pointers_and_stream() {
     assert_eq!(launches[0].dq_accum_elems, bwd_spec().rets[3].dims[0]);
     assert_eq!(launches[0].shape.deterministic, 0);
     assert_eq!(launches[0].varlen, None);
+    assert_eq!(launches[0].workspace, (0, 0)); // none asked for
 }
 
 #[test]
