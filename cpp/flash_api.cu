@@ -409,6 +409,12 @@ bool takes_sm90_path(Rule rule, const jfa_attention_shape& s, bool has_alibi, bo
   return rule(s, has_alibi, is_varlen, major, minor);
 }
 
+// The kernels' pieces meet in float4s: scratch of a smaller alignment is
+// left unused (the call runs uncut).
+void* usable_workspace(void* workspace) {
+  return reinterpret_cast<uintptr_t>(workspace) % 16 == 0 ? workspace : nullptr;
+}
+
 void sm90_fwd(const jfa_fwd_args& a, cudaStream_t stream) {
   jfa_sm90::FwdParams p{};
   static_cast<jfa_sm90::Shape&>(p) = sm90_shape(a.shape);
@@ -417,7 +423,7 @@ void sm90_fwd(const jfa_fwd_args& a, cudaStream_t stream) {
   p.v = a.v;
   p.out = a.out;
   p.lse = a.softmax_lse;
-  p.workspace = a.workspace;
+  p.workspace = usable_workspace(a.workspace);
   p.workspace_bytes = a.workspace_bytes;  // run_fwd ignores it without workspace
   cuda_check(jfa_sm90::run_fwd(p, stream), "Hopper (sm_90a) attention forward");
   launch_check("Hopper (sm_90a) attention forward launch");
@@ -458,7 +464,7 @@ void sm90_bwd(const jfa_bwd_args& a, cudaStream_t stream) {
   p.dv = a.dv;
   p.dq_accum = a.dq_accum;
   p.softmax_d = a.softmax_d;
-  p.workspace = a.workspace;
+  p.workspace = usable_workspace(a.workspace);
   p.workspace_bytes = a.workspace_bytes;  // run_bwd ignores it without workspace
   const jfa_sm90::BwdScratch need = jfa_sm90::bwd_scratch_elems(
       a.shape.batch, a.shape.num_heads, a.shape.seqlen_q, a.shape.head_dim);

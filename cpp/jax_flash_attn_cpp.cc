@@ -143,11 +143,12 @@ void set_bwd_buffers(jfa_bwd_args& a, const ffi::AnyBuffer& dout, const ffi::Any
 
 // Scratch for the Hopper kernels' cut last round, freed when `scratch` goes,
 // after the launch: XLA's later work on the stream runs after the kernel.
-// Without it the call only runs slower.
+// Without it the call only runs slower. 16-byte aligned, as the C ABI asks:
+// XLA refuses any alignment over 16 (its memory is 256-byte aligned anyway).
 template <class Args>
 void take_workspace(ffi::ScratchAllocator& scratch, int64_t bytes, Args& args) {
   if (bytes <= 0) return;
-  if (std::optional<void*> mem = scratch.Allocate(static_cast<size_t>(bytes), 256)) {
+  if (std::optional<void*> mem = scratch.Allocate(static_cast<size_t>(bytes), 16)) {
     args.workspace = *mem;
     args.workspace_bytes = bytes;
   }

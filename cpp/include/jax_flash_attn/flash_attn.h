@@ -79,9 +79,9 @@ typedef struct {
   const float* alibi_slopes;
   int64_t alibi_slopes_batch_stride;
   /* Dense calls: optional scratch of jfa_fwd_workspace_bytes() bytes,
-   * uninitialised, alive until the call's kernels have run (stream-ordered).
-   * NULL or fewer bytes only make the call slower. Varlen and KV-cache calls
-   * ignore it. */
+   * 16-byte aligned, uninitialised, alive until the call's kernels have run
+   * (stream-ordered). NULL, fewer bytes or a smaller alignment only make the
+   * call slower. Varlen and KV-cache calls ignore it. */
   void* workspace;
   int64_t workspace_bytes;
 } jfa_fwd_args;

@@ -64,7 +64,8 @@ unsafe extern "C" fn stream_get(args: *mut xla::StreamGetArgs) -> *mut xla::Erro
 thread_local! {
     /// XLA_FFI_DeviceMemory_Allocate's (size, alignment, address) and
     /// XLA_FFI_DeviceMemory_Free's (size, address), in call order; allocations
-    /// of more than FAKE_DEVICE_BYTES fail.
+    /// of more than FAKE_DEVICE_BYTES fail, and so do alignments over 16, as
+    /// XLA's own allocator refuses them.
     pub static ALLOCATED: RefCell<Vec<(usize, usize, usize)>> = const { RefCell::new(Vec::new()) };
     pub static FREED: RefCell<Vec<(usize, usize)>> = const { RefCell::new(Vec::new()) };
 }
@@ -75,8 +76,8 @@ unsafe extern "C" fn device_memory_allocate(
 ) -> *mut xla::Error {
     let args = &mut *args;
     assert_eq!(args.struct_size, xla::DEVICE_MEMORY_ALLOCATE_ARGS_STRUCT_SIZE);
-    if args.size > FAKE_DEVICE_BYTES {
-        let message = CString::new("out of device memory").unwrap();
+    if args.size > FAKE_DEVICE_BYTES || !args.alignment.is_power_of_two() || args.alignment > 16 {
+        let message = CString::new("out of device memory, or an unsupported alignment").unwrap();
         let error = FakeError { code: xla::ERROR_INTERNAL, message };
         return Box::into_raw(Box::new(error)) as *mut xla::Error;
     }

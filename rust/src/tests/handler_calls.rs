@@ -139,7 +139,7 @@ fn takes_scratch_and_frees_it(
     let [(size, alignment, addr)] = ALLOCATED.with_borrow(|a| a.clone())[..] else {
         panic!("one allocation expected");
     };
-    assert_eq!((size, alignment), (4096, 256));
+    assert_eq!((size, alignment), (4096, 16));
     assert_eq!(lib.launches.borrow()[0].workspace, (addr, 4096));
     assert_eq!(FREED.with_borrow(|f| f.clone()), vec![(4096, addr)]);
 }
