@@ -768,15 +768,7 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
   if (cut_scratch_bytes(cut, D) > (p.workspace ? p.workspace_bytes : 0))
     cut = uncut(static_cast<int>(blocks));
   a.n_blocks = (p.seqlen_k + kBwdBlockN<D> - 1) / kBwdBlockN<D>;
-  a.whole = cut.whole;
-  a.split = cut.split;
-  a.partial = static_cast<float4*>(p.workspace);
-  a.arrivals = nullptr;
-  if (cut.split > 1) {
-    Arrivals* arrivals = nullptr;
-    if ((e = next_entry(g_arrivals, &arrivals)) != cudaSuccess) return e;
-    a.arrivals = *arrivals;
-  }
+  if ((e = set_cut(a, cut, p.workspace)) != cudaSuccess) return e;
   // Masked calls are never cut (their key blocks differ in work), so the
   // 64-row kernel has no cut variant.
   auto kernel = flash_bwd_kernel<kBf16, D, kStages, BM, false>;

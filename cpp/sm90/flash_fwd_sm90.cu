@@ -675,16 +675,8 @@ cudaError_t launch(const FwdParams& p, cudaStream_t stream) {
   Plan plan = plan_tiles(a.tiles, sms, p);
   if (workspace_bytes(plan, D) > (p.workspace ? p.workspace_bytes : 0))
     plan = with_grid(uncut(a.tiles), sms);
-  a.whole = plan.whole;
-  a.split = plan.split;
+  if ((e = set_cut(a, plan, p.workspace)) != cudaSuccess) return e;
   a.items = plan.items;
-  a.partial = static_cast<float4*>(p.workspace);
-  a.arrivals = nullptr;
-  if (plan.split > 1) {
-    Arrivals* arrivals = nullptr;
-    if ((e = next_entry(g_arrivals, &arrivals)) != cudaSuccess) return e;
-    a.arrivals = *arrivals;
-  }
   int grid = plan.grid;
   if (grid == 0) return cudaSuccess;
   const bool masked = has_mask(p);

@@ -401,5 +401,20 @@ cudaError_t next_entry(Entry (&pool)[kQueues], Entry** entry) {
   return cudaSuccess;
 }
 
+// A launch's cut in its kernel's arguments (both kernels name these fields
+// alike), with arrival counters from the pool where it cuts at all.
+template <class KernelArgs>
+cudaError_t set_cut(KernelArgs& a, const Cut& c, void* workspace) {
+  a.whole = c.whole;
+  a.split = c.split;
+  a.partial = static_cast<float4*>(workspace);
+  a.arrivals = nullptr;
+  if (c.split == 1) return cudaSuccess;
+  Arrivals* arrivals = nullptr;
+  const cudaError_t e = next_entry(g_arrivals, &arrivals);
+  if (e == cudaSuccess) a.arrivals = *arrivals;
+  return e;
+}
+
 }  // namespace
 }  // namespace jfa_sm90
