@@ -2,7 +2,7 @@
 comparing ours with a peer kernel by kernel (docs/hopper-notes.md, b12).
 
   ncu --clock-control none --metrics gpu__time_duration.sum --csv \\
-      python step_kernels.py jax_flash_attn-cpp 512 [--causal] [--fwd] > ours.csv
+      python step_kernels.py jax_flash_attn-cpp 512 [--causal] [--fwd] [--heads 16 --tokens 16384] > ours.csv
   python step_kernels.py --summarize ours.csv
 
 The first form runs the step three times (the first compiles); the second
@@ -16,7 +16,7 @@ import csv
 STEPS = 3
 
 
-def run(label, seqlen, causal, bwd):
+def run(label, seqlen, causal, bwd, heads=16, tokens=16384):
     import jax
     import jax.numpy as jnp
     try:
@@ -27,7 +27,7 @@ def run(label, seqlen, causal, bwd):
     if label not in methods:
         raise SystemExit(f"{label}: {missing.get(label, 'unknown label')}")
     step = bench.build_step(methods[label], causal, bwd)
-    inputs, ct = bench.draw_inputs(jax.random.key(0), (16384 // seqlen, seqlen, 16, 128), jnp.bfloat16, 1)
+    inputs, ct = bench.draw_inputs(jax.random.key(0), (tokens // seqlen, seqlen, heads, 128), jnp.bfloat16, 1)
     for _ in range(STEPS):
         jax.block_until_ready(step(*inputs[0], ct))
 
@@ -61,12 +61,14 @@ def main():
     p.add_argument("seqlen", nargs="?", type=int)
     p.add_argument("--causal", action="store_true")
     p.add_argument("--fwd", action="store_true", help="the forward step alone")
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--tokens", type=int, default=16384, help="batch * seqlen")
     p.add_argument("--summarize", metavar="CSV")
     args = p.parse_args()
     if args.summarize:
         summarize(args.summarize)
     else:
-        run(args.label, args.seqlen, args.causal, not args.fwd)
+        run(args.label, args.seqlen, args.causal, not args.fwd, args.heads, args.tokens)
 
 
 if __name__ == "__main__":
