@@ -50,6 +50,8 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -143,15 +145,25 @@ void set_bwd_buffers(jfa_bwd_args& a, const ffi::AnyBuffer& dout, const ffi::Any
 
 // Scratch for the Hopper kernels' cut last round, freed when `scratch` goes,
 // after the launch: XLA's later work on the stream runs after the kernel.
-// Without it the call only runs slower. 16-byte aligned, as the C ABI asks:
-// XLA refuses any alignment over 16 (its memory is 256-byte aligned anyway).
+// Without it the call only runs slower, which stderr is told once: a silent
+// fallback once hid that every allocation failed. 16-byte aligned, as the C
+// ABI asks: XLA refuses any alignment over 16 (its memory is 256-byte aligned
+// anyway).
 template <class Args>
 void take_workspace(ffi::ScratchAllocator& scratch, int64_t bytes, Args& args) {
   if (bytes <= 0) return;
   if (std::optional<void*> mem = scratch.Allocate(static_cast<size_t>(bytes), 16)) {
     args.workspace = *mem;
     args.workspace_bytes = bytes;
+    return;
   }
+  static std::once_flag warned;
+  std::call_once(warned, [bytes] {
+    std::fprintf(stderr,
+                 "jax_flash_attn: XLA gave no scratch (%lld bytes) for a Hopper kernel's cut last "
+                 "round; such calls run uncut, slower (printed once)\n",
+                 static_cast<long long>(bytes));
+  });
 }
 
 ffi::Error FlashFwd(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer q,

@@ -58,13 +58,14 @@ pub struct Scratch<'a> {
 }
 
 impl Scratch<'_> {
-    /// `size` bytes, or None where XLA cannot give them (a runtime without
-    /// the functions, or no memory left).
-    pub fn allocate(&self, size: usize, alignment: usize) -> Option<*mut c_void> {
+    /// `size` bytes, or why XLA cannot give them (a runtime without the
+    /// functions, no memory left, an alignment it refuses).
+    pub fn allocate(&self, size: usize, alignment: usize) -> Result<*mut c_void, String> {
+        let no_allocator = || "this XLA runtime has no device memory allocation".to_string();
         if self.api.struct_size < api_needs!(device_memory_free) {
-            return None;
+            return Err(no_allocator());
         }
-        let allocate = self.api.device_memory_allocate?;
+        let allocate = self.api.device_memory_allocate.ok_or_else(no_allocator)?;
         let mut args = xla::DeviceMemoryAllocateArgs {
             struct_size: xla::DEVICE_MEMORY_ALLOCATE_ARGS_STRUCT_SIZE,
             extension_start: ptr::null_mut(),
@@ -77,11 +78,10 @@ impl Scratch<'_> {
         let error = unsafe { allocate(&mut args) };
         if !error.is_null() {
             // SAFETY: an error the runtime just returned, ours to destroy.
-            unsafe { take_error_message(self.api, error) };
-            return None;
+            return Err(unsafe { take_error_message(self.api, error) });
         }
         self.allocations.borrow_mut().push((size, args.data));
-        Some(args.data)
+        Ok(args.data)
     }
 }
 

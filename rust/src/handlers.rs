@@ -252,14 +252,26 @@ fn bwd_args(
 
 /// Scratch of `bytes` from XLA, freed with `ops` after the launch, as
 /// (address, bytes); none (null, 0) where XLA has none to give or none is
-/// wanted. Without it a call only runs slower. 16-byte aligned, as the C ABI
-/// asks: XLA refuses any alignment over 16 (its memory is 256-byte aligned
-/// anyway).
+/// wanted. Without it a call only runs slower, which stderr is told once: a
+/// silent fallback once hid that every allocation failed. 16-byte aligned, as
+/// the C ABI asks: XLA refuses any alignment over 16 (its memory is 256-byte
+/// aligned anyway).
 fn workspace(ops: &Operands, bytes: i64) -> (*mut c_void, i64) {
-    let wanted = usize::try_from(bytes).ok().filter(|&b| b > 0);
-    match wanted.and_then(|b| ops.scratch.allocate(b, 16)) {
-        Some(data) => (data, bytes),
-        None => (std::ptr::null_mut(), 0),
+    let Some(wanted) = usize::try_from(bytes).ok().filter(|&b| b > 0) else {
+        return (std::ptr::null_mut(), 0);
+    };
+    match ops.scratch.allocate(wanted, 16) {
+        Ok(data) => (data, bytes),
+        Err(why) => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                eprintln!(
+                    "jflash_attn: XLA gave no scratch ({bytes} bytes: {why}) for a Hopper kernel's \
+                     cut last round; such calls run uncut, slower (printed once)"
+                )
+            });
+            (std::ptr::null_mut(), 0)
+        }
     }
 }
 
