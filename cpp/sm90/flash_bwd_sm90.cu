@@ -730,7 +730,7 @@ Cut plan_bwd(int blocks, int sms, const Shape& s) {
 }
 
 // Per piece: each consumer thread's float32 dK and dV (256 threads).
-int64_t cut_scratch_bytes(const Cut& c, int head_dim) {
+int64_t bwd_cut_bytes(const Cut& c, int head_dim) {
   if (c.split == 1) return 0;
   const int acc_dims = head_dim == 256 ? 128 : head_dim;  // dK and dV dims a consumer holds
   return int64_t(c.items - c.whole) * 256 * 2 * acc_dims / 2 * 4;
@@ -765,10 +765,8 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
   int sms = 0;
   if ((e = sm_count(&sms)) != cudaSuccess) return e;
   Cut cut = plan_bwd(static_cast<int>(blocks), sms, p);
-  if (cut_scratch_bytes(cut, D) > (p.workspace ? p.workspace_bytes : 0))
-    cut = uncut(static_cast<int>(blocks));
   a.n_blocks = (p.seqlen_k + kBwdBlockN<D> - 1) / kBwdBlockN<D>;
-  if ((e = set_cut(a, cut, p.workspace)) != cudaSuccess) return e;
+  if ((e = set_cut(a, cut, bwd_cut_bytes(cut, D), p)) != cudaSuccess) return e;
   // Masked calls are never cut (their key blocks differ in work), so the
   // 64-row kernel has no cut variant.
   auto kernel = flash_bwd_kernel<kBf16, D, kStages, BM, false>;
@@ -827,7 +825,7 @@ int64_t bwd_workspace_bytes(const Shape& s) {
   if (!bwd_supported(s) || sm_count(&sms) != cudaSuccess) return 0;
   const int64_t blocks = key_block_count(s);
   if (blocks > INT32_MAX) return 0;
-  return cut_scratch_bytes(plan_bwd(static_cast<int>(blocks), sms, s), s.head_dim);
+  return bwd_cut_bytes(plan_bwd(static_cast<int>(blocks), sms, s), s.head_dim);
 }
 
 cudaError_t run_bwd(const BwdParams& p, cudaStream_t stream) {

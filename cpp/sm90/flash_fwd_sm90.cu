@@ -59,7 +59,7 @@ struct Args {
   float scale_log2;                      // softmax_scale * log2(e)
   float scale;
   int window_left, window_right;
-  int m_blocks, tiles;  // query blocks per (batch, head); tiles = batch * heads * m_blocks
+  int m_blocks;  // query blocks per (batch, head)
   int batch_heads, group_bh;  // tiles run longest first within groups of group_bh (batch, head)
   TileQueue* queue;           // kQueue kernels (masked calls)
   // Unmasked calls: work items [0, whole) are tiles; the tiles after them
@@ -612,28 +612,22 @@ __global__ void __launch_bounds__(kThreads, 1)
 // The masked calls' tile queues, taken in turn as the arrival counters are.
 __device__ TileQueue g_tile_queues[kQueues];
 
-// How an unmasked call's tiles go to `sms` persistent CTAs: the last round's
-// tiles cut into pieces of their key blocks (cut_last_round), pieces of at
-// least 1024 keys: shorter ones lost time (H100, d 128, 16 heads: 2k keys in
-// thirds -1%, 4k +0.7%, 16k +1.4%; 64 tiles of 4096 keys in halves 1.49x;
-// docs/hopper-notes.md, eighth session).
-struct Plan : Cut {
-  int grid;
-};
-
 // Query tiles of a call: batch * heads * query blocks.
 int64_t tile_count(const Shape& s) {
   return (int64_t(s.seqlen_q) + kBlockM - 1) / kBlockM * s.heads * s.batch;
 }
 
-Plan with_grid(const Cut& c, int sms) { return Plan{c, std::min(c.items, sms)}; }
-
-Plan plan_tiles(int tiles, int sms, const Shape& s) {
-  if (has_mask(s)) return with_grid(uncut(tiles), sms);
-  return with_grid(cut_last_round(tiles, sms, std::clamp(s.seqlen_k / 1024, 1, kMaxSplit)), sms);
+// How an unmasked call's tiles go to `sms` persistent CTAs: the last round's
+// tiles cut into pieces of their key blocks (cut_last_round), pieces of at
+// least 1024 keys: shorter ones lost time (H100, d 128, 16 heads: 2k keys in
+// thirds -1%, 4k +0.7%, 16k +1.4%; 64 tiles of 4096 keys in halves 1.49x;
+// docs/hopper-notes.md, eighth session).
+Cut plan_tiles(int tiles, int sms, const Shape& s) {
+  if (has_mask(s)) return uncut(tiles);
+  return cut_last_round(tiles, sms, std::clamp(s.seqlen_k / 1024, 1, kMaxSplit));
 }
 
-int64_t workspace_bytes(const Cut& c, int head_dim) {
+int64_t fwd_cut_bytes(const Cut& c, int head_dim) {
   if (c.split == 1) return 0;
   // Per piece and consumer warpgroup: each thread's O accumulators and its
   // rows' m and l, as float4s.
@@ -660,7 +654,6 @@ cudaError_t launch(const FwdParams& p, cudaStream_t stream) {
   a.m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;
   const int64_t tiles = tile_count(p);
   if (tiles > INT32_MAX) return cudaErrorInvalidValue;
-  a.tiles = static_cast<int>(tiles);
   // One CTA per SM walks the tiles, loading a tile's Q and first key blocks
   // while the last one finishes (H200, d 128, unmasked: +11% at seqlen 512,
   // +5% at 1k). Unmasked tiles are equal work and go round by a fixed
@@ -672,12 +665,10 @@ cudaError_t launch(const FwdParams& p, cudaStream_t stream) {
   a.queue = nullptr;
   int sms = 0;
   if ((e = sm_count(&sms)) != cudaSuccess) return e;
-  Plan plan = plan_tiles(a.tiles, sms, p);
-  if (workspace_bytes(plan, D) > (p.workspace ? p.workspace_bytes : 0))
-    plan = with_grid(uncut(a.tiles), sms);
-  if ((e = set_cut(a, plan, p.workspace)) != cudaSuccess) return e;
-  a.items = plan.items;
-  int grid = plan.grid;
+  Cut cut = plan_tiles(static_cast<int>(tiles), sms, p);
+  if ((e = set_cut(a, cut, fwd_cut_bytes(cut, D), p)) != cudaSuccess) return e;
+  a.items = cut.items;
+  int grid = std::min(cut.items, sms);
   if (grid == 0) return cudaSuccess;
   const bool masked = has_mask(p);
   if (masked) {
@@ -746,7 +737,7 @@ int64_t fwd_workspace_bytes(const Shape& s) {
   if (!fwd_supported(s) || sm_count(&sms) != cudaSuccess) return 0;
   const int64_t tiles = tile_count(s);
   if (tiles > INT32_MAX) return 0;
-  return workspace_bytes(plan_tiles(static_cast<int>(tiles), sms, s), s.head_dim);
+  return fwd_cut_bytes(plan_tiles(static_cast<int>(tiles), sms, s), s.head_dim);
 }
 
 cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {

@@ -402,12 +402,15 @@ cudaError_t next_entry(Entry (&pool)[kQueues], Entry** entry) {
 }
 
 // A launch's cut in its kernel's arguments (both kernels name these fields
-// alike), with arrival counters from the pool where it cuts at all.
-template <class KernelArgs>
-cudaError_t set_cut(KernelArgs& a, const Cut& c, void* workspace) {
+// alike): undone where the caller's scratch (p.workspace) is smaller than the
+// `needed` bytes, else with arrival counters from the pool.
+template <class KernelArgs, class Params>
+cudaError_t set_cut(KernelArgs& a, Cut& c, int64_t needed, const Params& p) {
+  if (c.split > 1 && needed > (p.workspace ? p.workspace_bytes : 0))
+    c = uncut(c.whole + (c.items - c.whole) / c.split);
   a.whole = c.whole;
   a.split = c.split;
-  a.partial = static_cast<float4*>(workspace);
+  a.partial = static_cast<float4*>(p.workspace);
   a.arrivals = nullptr;
   if (c.split == 1) return cudaSuccess;
   Arrivals* arrivals = nullptr;
