@@ -415,6 +415,15 @@ void* usable_workspace(void* workspace) {
   return reinterpret_cast<uintptr_t>(workspace) % 16 == 0 ? workspace : nullptr;
 }
 
+// jfa_get_launch_counts': relaxed atomics, as launches run on any host thread.
+std::atomic<uint64_t> g_fwd_cut{0}, g_bwd_cut{0}, g_uncut_for_scratch{0};
+
+void count_last_round(jfa_sm90::LastRound round, std::atomic<uint64_t>& cut) {
+  if (round == jfa_sm90::LastRound::cut) cut.fetch_add(1, std::memory_order_relaxed);
+  if (round == jfa_sm90::LastRound::uncut_for_scratch)
+    g_uncut_for_scratch.fetch_add(1, std::memory_order_relaxed);
+}
+
 void sm90_fwd(const jfa_fwd_args& a, cudaStream_t stream) {
   jfa_sm90::FwdParams p{};
   static_cast<jfa_sm90::Shape&>(p) = sm90_shape(a.shape);
@@ -425,8 +434,11 @@ void sm90_fwd(const jfa_fwd_args& a, cudaStream_t stream) {
   p.lse = a.softmax_lse;
   p.workspace = usable_workspace(a.workspace);
   p.workspace_bytes = a.workspace_bytes;  // run_fwd ignores it without workspace
+  jfa_sm90::LastRound round = jfa_sm90::LastRound::uncut;
+  p.last_round = &round;
   cuda_check(jfa_sm90::run_fwd(p, stream), "Hopper (sm_90a) attention forward");
   launch_check("Hopper (sm_90a) attention forward launch");
+  count_last_round(round, g_fwd_cut);
 }
 
 void mha_fwd(const jfa_fwd_args& a, cudaStream_t stream, const Varlen* varlen = nullptr) {
@@ -471,8 +483,11 @@ void sm90_bwd(const jfa_bwd_args& a, cudaStream_t stream) {
   require(a.dq_accum_elems >= need.dq_accum, "dq_accum has " + std::to_string(a.dq_accum_elems) +
                                                  " float32 elements, needs " +
                                                  std::to_string(need.dq_accum));
+  jfa_sm90::LastRound round = jfa_sm90::LastRound::uncut;
+  p.last_round = &round;
   cuda_check(jfa_sm90::run_bwd(p, stream), "Hopper (sm_90a) attention backward");
   launch_check("Hopper (sm_90a) attention backward launch");
+  count_last_round(round, g_bwd_cut);
 }
 
 void mha_bwd(const jfa_bwd_args& a, cudaStream_t stream, const Varlen* varlen = nullptr) {
@@ -806,6 +821,13 @@ const char* jfa_build_config(void) {
            (sm90_bwd.empty() ? "" : "; sm90 backward: " + sm90_bwd);
   }();
   return config.c_str();
+}
+
+void jfa_get_launch_counts(jfa_launch_counts* counts) {
+  if (counts == nullptr) return;
+  counts->fwd_cut = g_fwd_cut.load(std::memory_order_relaxed);
+  counts->bwd_cut = g_bwd_cut.load(std::memory_order_relaxed);
+  counts->uncut_for_scratch = g_uncut_for_scratch.load(std::memory_order_relaxed);
 }
 
 int jfa_abi_version(void) { return JFA_ABI_VERSION; }

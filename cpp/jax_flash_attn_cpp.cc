@@ -509,6 +509,15 @@ PYBIND11_MODULE(_jax_flash_attn_cpp, m) {
       py::pos_only());
   m.def("build_config", [] { return std::string(jfa_build_config()); });
   m.def("abi_version", [] { return jfa_abi_version(); });
+  m.def("launch_counts", [] {
+    jfa_launch_counts c{};
+    jfa_get_launch_counts(&c);
+    py::dict counts;
+    counts["fwd_cut"] = c.fwd_cut;
+    counts["bwd_cut"] = c.bwd_cut;
+    counts["uncut_for_scratch"] = c.uncut_for_scratch;
+    return counts;
+  });
   m.def(
       "bwd_workspace_elems",
       [](int64_t batch, int64_t seqlen_q, int64_t num_heads, int64_t head_dim, bool deterministic,

@@ -32,6 +32,9 @@ def test_same_kernel_library(both):
 def test_same_surface(both):
     cpp, rust = (b._binding.extension for b in both)
     assert cpp.abi_version() == rust.abi_version()
+    public = lambda ext: {name for name in dir(ext) if not name.startswith("_")}
+    assert public(cpp) == public(rust)
+    assert set(cpp.launch_counts()) == set(rust.launch_counts())
     for shape in [(1, 1, 1, 8), (2, 100, 4, 72), (3, 1000, 16, 256)]:
         assert tuple(cpp.bwd_workspace_elems(*shape)) == tuple(rust.bwd_workspace_elems(*shape))
     for shape in [(1, 1, 4096, 16, 128, 0, 132), (7, 3, 1000, 2, 72, 0, 148), (2, 1, 512, 8, 256, 9, 132)]:

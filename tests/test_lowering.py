@@ -69,7 +69,10 @@ def test_extension_surface(flash):
     targets = ext.registrations()
     assert set(targets) == {"fwd", "bwd", "varlen_fwd", "varlen_bwd", "kvcache_fwd"}
     assert all(type(c).__name__ == "PyCapsule" for c in targets.values())
-    assert ext.abi_version() == 7
+    assert ext.abi_version() == 8
+    counts = flash.launch_counts()
+    assert set(counts) == {"fwd_cut", "bwd_cut", "uncut_for_scratch"}
+    assert all(type(n) is int and n >= 0 for n in counts.values()), counts
     assert flash.build_config().startswith("kernels: ")
     # The default build (and CI) compiles bfloat16 with head_dim 128.
     assert flash.has_kernel("bfloat16", 128)

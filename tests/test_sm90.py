@@ -166,6 +166,15 @@ def sm90_env(value):
         _set_env(old)
 
 
+@contextlib.contextmanager
+def scratch_never_refused(flash):
+    """No Hopper launch inside may run its last round uncut for want of XLA's scratch (the
+    bindings once asked for an alignment XLA refuses, and every cut silently ran uncut)."""
+    before = flash.launch_counts()["uncut_for_scratch"]
+    yield
+    assert flash.launch_counts()["uncut_for_scratch"] == before, "a launch got too little scratch"
+
+
 def _set_env(value):
     if value is None:
         os.environ.pop(ENV, None)
@@ -250,7 +259,7 @@ def check_both_paths(flash, rng, dtype, head_dim, case):
     results = {}
     for path, value in (("sm90", "1"), ("fa2", "0")):
         poison_device_memory(4 * q.size * 4)
-        with sm90_env(value):
+        with sm90_env(value), scratch_never_refused(flash):
             out, lse = jax.block_until_ready(kernel(q, k, v))
         assert out.shape == q.shape and out.dtype == q.dtype
         assert_close(f"{path} out", out, ref_out, plain_out)
@@ -335,6 +344,28 @@ def test_gradients_through_the_hopper_forward(flash, rng, case, dtype, through):
     reference (test_gpu.check_features)."""
     _, shape, options = case
     need_sm90(flash, dtype, shape, **options)
-    with sm90_env("1"):
+    with sm90_env("1"), scratch_never_refused(flash):
         check_features(flash, rng, shape, through=through, dtype=dtype, **options)
+
+
+@requires_gpu
+def test_cut_last_rounds_run_through_jax(flash, rng):
+    """A jitted fwd+bwd of 2 heads x 4096 (64 query tiles, 64 key blocks: fewer than the SMs)
+    runs both directions' last round cut, with XLA's scratch. Only the launch counts tell:
+    uncut, the call is as correct, only slower."""
+    shape = (1, 4096, 4096, 2, 2, 128)
+    need_sm90(flash, jnp.bfloat16, shape)
+    if not uses(ext(flash), "bfloat16", shape[:5], 128, (9, 0), backward=True):
+        pytest.skip(f"this build's Hopper backward has no bfloat16/128 ({flash.build_config()})")
+    if not 86 <= flash.num_sms() <= 256:  # where cut_last_round cuts 64 items of 4096 rows
+        pytest.skip(f"64 tiles run uncut on {flash.num_sms()} SMs")
+    q, k, v = random_qkv(rng, jnp.bfloat16, *shape)
+    loss = lambda q, k, v: jnp.sum(flash.flash_mha(q, k, v).astype(jnp.float32) ** 2)
+    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+    before = flash.launch_counts()
+    with sm90_env("1"):
+        jax.block_until_ready(step(q, k, v))
+    after = flash.launch_counts()
+    delta = {key: after[key] - before[key] for key in after}
+    assert delta["fwd_cut"] >= 1 and delta["bwd_cut"] >= 1 and delta["uncut_for_scratch"] == 0, delta
 

@@ -31,6 +31,11 @@ struct Shape {
   int window_right;
 };
 
+// How a launch ran the last round of its tiles (forward) or key blocks
+// (backward): whole as planned, cut into pieces, or whole because the caller's
+// scratch was smaller than the cut needs.
+enum class LastRound { uncut, cut, uncut_for_scratch };
+
 struct FwdParams : Shape {
   const void* q;
   const void* k;
@@ -41,6 +46,7 @@ struct FwdParams : Shape {
   // (null, or fewer bytes), a call's last round of tiles runs uncut.
   void* workspace;
   int64_t workspace_bytes;
+  LastRound* last_round;  // when not null, where run_fwd says how that round ran
 };
 
 // Whether this build has a forward kernel for the shape's dtype and head dim.
@@ -71,6 +77,7 @@ struct BwdParams : Shape {
   // (null, or fewer bytes), a call's last round of key blocks runs uncut.
   void* workspace;
   int64_t workspace_bytes;
+  LastRound* last_round;  // as FwdParams'
 };
 
 // Whether this build has a backward kernel for the shape's dtype and head dim.

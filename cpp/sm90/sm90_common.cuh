@@ -403,11 +403,16 @@ cudaError_t next_entry(Entry (&pool)[kQueues], Entry** entry) {
 
 // A launch's cut in its kernel's arguments (both kernels name these fields
 // alike): undone where the caller's scratch (p.workspace) is smaller than the
-// `needed` bytes, else with arrival counters from the pool.
+// `needed` bytes, else with arrival counters from the pool; the outcome goes
+// to p.last_round.
 template <class KernelArgs, class Params>
 cudaError_t set_cut(KernelArgs& a, Cut& c, int64_t needed, const Params& p) {
-  if (c.split > 1 && needed > (p.workspace ? p.workspace_bytes : 0))
+  LastRound round = c.split > 1 ? LastRound::cut : LastRound::uncut;
+  if (c.split > 1 && needed > (p.workspace ? p.workspace_bytes : 0)) {
     c = uncut(c.whole + (c.items - c.whole) / c.split);
+    round = LastRound::uncut_for_scratch;
+  }
+  if (p.last_round) *p.last_round = round;
   a.whole = c.whole;
   a.split = c.split;
   a.partial = static_cast<float4*>(p.workspace);

@@ -44,6 +44,14 @@ def num_sms(device=-1):
     return _binding.extension.num_sms(int(device))
 
 
+def launch_counts():
+    """This process's Hopper kernel launches so far, as a dict: 'fwd_cut' and 'bwd_cut', those
+    whose last round ran cut into pieces so that no SM idles through it, and
+    'uncut_for_scratch', those that would have but XLA gave too little scratch (they ran
+    correct, only slower). A diagnostic: the last should stay 0."""
+    return _binding.extension.launch_counts()
+
+
 __all__ = ["flash_mha", "flash_mha_varlen", "flash_mha_segments", "segment_ids_from_lengths", "flash_mha_with_kvcache", "ring_flash_mha", "ring_flash_mha_sharded",
            "attention_reference", "varlen_attention_reference", "kvcache_attention_reference",
-           "dot_product_attention", "flax_attention_fn", "build_config", "has_kernel", "num_sms", "BINDING"]
+           "dot_product_attention", "flax_attention_fn", "build_config", "has_kernel", "num_sms", "launch_counts", "BINDING"]

@@ -11,7 +11,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 
-pub const JFA_ABI_VERSION: c_int = 7;
+pub const JFA_ABI_VERSION: c_int = 8;
 
 // jfa_status
 pub const JFA_OK: c_int = 0;
@@ -109,6 +109,16 @@ pub struct KvcacheFwdArgs {
     pub num_splits: i32,
     pub workspace: *mut f32,
     pub workspace_elems: i64,
+}
+
+/// Hopper launches since the library loaded: last rounds run cut, per
+/// direction, and cuts undone for want of scratch (jfa_get_launch_counts).
+#[repr(C)]
+#[derive(Default)]
+pub struct LaunchCounts {
+    pub fwd_cut: u64,
+    pub bwd_cut: u64,
+    pub uncut_for_scratch: u64,
 }
 
 /// A buffer as XLA describes it: dtype code, rank, dims.
@@ -241,6 +251,7 @@ extern "C" {
     ) -> c_int;
     pub fn jfa_build_config() -> *const c_char;
     pub fn jfa_abi_version() -> c_int;
+    pub fn jfa_get_launch_counts(counts: *mut LaunchCounts);
 }
 
 /// A nonzero jfa_status and the library's message for it.

@@ -6,7 +6,8 @@
 //!   registrations()      {"fwd", "bwd", "varlen_fwd", "varlen_bwd", "kvcache_fwd": capsule}
 //!                        of XLA FFI handlers
 //!   has_kernel(dtype, head_dim), has_kvcache_kernel(dtype, head_dim),
-//!   build_config(), abi_version()
+//!   build_config(), abi_version(),
+//!   launch_counts() -> {"fwd_cut", "bwd_cut", "uncut_for_scratch": int}
 //!   bwd_workspace_elems(batch, seqlen_q, num_heads, head_dim, deterministic=False,
 //!                       num_sms=0) -> (int, int)   (num_sms 0: ask num_sms())
 //!   varlen_bwd_workspace_elems(batch, total_q, num_heads, head_dim,
@@ -219,6 +220,18 @@ mod python {
         unsafe { kernels::jfa_abi_version() }
     }
 
+    #[pyfunction]
+    fn launch_counts(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+        let mut c = kernels::LaunchCounts::default();
+        // SAFETY: a pure query writing into a local.
+        unsafe { kernels::jfa_get_launch_counts(&mut c) };
+        let counts = PyDict::new(py);
+        counts.set_item("fwd_cut", c.fwd_cut)?;
+        counts.set_item("bwd_cut", c.bwd_cut)?;
+        counts.set_item("uncut_for_scratch", c.uncut_for_scratch)?;
+        Ok(counts)
+    }
+
     /// The C++ binding's query_num_sms: the C ABI's jfa_num_sms, its failure
     /// a RuntimeError with the library's message.
     fn query_num_sms(device: i64) -> PyResult<i64> {
@@ -351,6 +364,7 @@ mod python {
         m.add_function(wrap_pyfunction!(uses_sm90, m)?)?;
         m.add_function(wrap_pyfunction!(build_config, m)?)?;
         m.add_function(wrap_pyfunction!(abi_version, m)?)?;
+        m.add_function(wrap_pyfunction!(launch_counts, m)?)?;
         m.add_function(wrap_pyfunction!(bwd_workspace_elems, m)?)?;
         m.add_function(wrap_pyfunction!(varlen_bwd_workspace_elems, m)?)?;
         m.add_function(wrap_pyfunction!(kvcache_splits, m)?)?;

@@ -56,6 +56,8 @@ const jfa_rust_layout_entry jfa_rust_layout[] = {
     FIELD(jfa_kvcache_fwd_args, num_splits), FIELD(jfa_kvcache_fwd_args, workspace),
     FIELD(jfa_kvcache_fwd_args, workspace_elems),
     SIZE(jfa_buffer), FIELD(jfa_buffer, rank), FIELD(jfa_buffer, dims),
+    SIZE(jfa_launch_counts), FIELD(jfa_launch_counts, bwd_cut),
+    FIELD(jfa_launch_counts, uncut_for_scratch),
     // c_api.h
     VALUE(XLA_FFI_API_MAJOR), VALUE(XLA_FFI_API_MINOR),
     VALUE(XLA_FFI_Error_Code_INVALID_ARGUMENT), VALUE(XLA_FFI_Error_Code_UNIMPLEMENTED),
@@ -158,5 +160,6 @@ static_assert(
     same<decltype(jfa_bwd_uses_sm90), int(const jfa_attention_shape*, int, int, int, int)>);
 static_assert(same<decltype(jfa_build_config), const char*()>);
 static_assert(same<decltype(jfa_abi_version), int()>);
+static_assert(same<decltype(jfa_get_launch_counts), void(jfa_launch_counts*)>);
 // And the handler type of src/xla_ffi.rs.
 static_assert(same<XLA_FFI_Handler, XLA_FFI_Error*(XLA_FFI_CallFrame*)>);

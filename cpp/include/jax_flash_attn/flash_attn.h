@@ -27,8 +27,9 @@ extern "C" {
  * bindings check it. 5: jfa_has_sm90_kernel, jfa_fwd_uses_sm90, jfa_has_sm90_bwd_kernel,
  * jfa_bwd_uses_sm90, and a larger softmax_d from jfa_bwd_workspace_elems.
  * 6: jfa_fwd_args.workspace, jfa_fwd_workspace_bytes.
- * 7: jfa_bwd_args.workspace, jfa_bwd_workspace_bytes. */
-#define JFA_ABI_VERSION 7
+ * 7: jfa_bwd_args.workspace, jfa_bwd_workspace_bytes.
+ * 8: jfa_launch_counts, jfa_get_launch_counts. */
+#define JFA_ABI_VERSION 8
 
 typedef enum {
   JFA_OK = 0,
@@ -324,6 +325,19 @@ int64_t jfa_bwd_workspace_bytes(const jfa_attention_shape* shape, int has_alibi)
  * "; sm90 forward: bfloat16/128" and "; sm90 backward: bfloat16/128" for the
  * Hopper kernels' head dims among 32, 64, 96, 128, 192, 256). */
 const char* jfa_build_config(void);
+
+/* Process-wide counts of Hopper kernel launches since the library loaded:
+ * those whose last round ran cut into pieces (forward, backward), and those
+ * that would have cut it but were given less scratch than
+ * jfa_*_workspace_bytes() asked for and ran uncut (correct, slower). A
+ * binding whose scratch never arrives shows in the last: for tests and
+ * diagnostics, since nothing else tells the two apart. */
+typedef struct {
+  uint64_t fwd_cut;
+  uint64_t bwd_cut;
+  uint64_t uncut_for_scratch;
+} jfa_launch_counts;
+void jfa_get_launch_counts(jfa_launch_counts* counts);
 
 int jfa_abi_version(void);
 

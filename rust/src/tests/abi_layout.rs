@@ -7,7 +7,7 @@ use std::ffi::{c_char, c_int, CStr};
 use std::mem::{offset_of, size_of};
 
 use crate::kernels::{self as k, AttentionShape, BwdArgs, FwdArgs, JfaBuffer};
-use crate::kernels::{KvcacheFwdArgs, VarlenBwdArgs, VarlenFwdArgs};
+use crate::kernels::{KvcacheFwdArgs, LaunchCounts, VarlenBwdArgs, VarlenFwdArgs};
 use crate::xla_ffi::{self as x, *};
 
 #[repr(C)]
@@ -116,6 +116,9 @@ fn ours() -> Vec<(&'static str, i64)> {
         size!("jfa_buffer", JfaBuffer),
         field!("jfa_buffer.rank", JfaBuffer, rank),
         field!("jfa_buffer.dims", JfaBuffer, dims),
+        size!("jfa_launch_counts", LaunchCounts),
+        field!("jfa_launch_counts.bwd_cut", LaunchCounts, bwd_cut),
+        field!("jfa_launch_counts.uncut_for_scratch", LaunchCounts, uncut_for_scratch),
         ("XLA_FFI_API_MAJOR", x::API_MAJOR as i64),
         ("XLA_FFI_API_MINOR", x::API_MINOR as i64),
         ("XLA_FFI_Error_Code_INVALID_ARGUMENT", x::ERROR_INVALID_ARGUMENT as i64),

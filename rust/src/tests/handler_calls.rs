@@ -795,6 +795,16 @@ fn the_linked_library_is_the_ci_kernel_set_or_more() {
 }
 
 #[test]
+fn no_launch_is_counted_without_one() {
+    // The unit tests launch nothing (the Recorder stands in for the C ABI's
+    // launches), so every count is zero; a null destination is ignored.
+    let mut counts = kernels::LaunchCounts { fwd_cut: 7, bwd_cut: 7, uncut_for_scratch: 7 };
+    unsafe { kernels::jfa_get_launch_counts(&mut counts) };
+    assert_eq!((counts.fwd_cut, counts.bwd_cut, counts.uncut_for_scratch), (0, 0, 0));
+    unsafe { kernels::jfa_get_launch_counts(std::ptr::null_mut()) };
+}
+
+#[test]
 fn the_sm90_dispatch_rule_is_the_headers() {
     // jfa_fwd_uses_sm90 on the forward specs' shape: compute capability 9.0
     // only, never with ALiBi, softcap or packed sequences, and on 9.0 exactly
