@@ -80,6 +80,30 @@ def test_a_failing_method_is_recorded_as_skipped(flash, monkeypatch, tmp_path):
     assert "skipped" in (tmp_path / "b.md").read_text()
 
 
+def test_the_methods_samples_alternate(flash, monkeypatch):
+    bench = load_bench(flash)
+    build_step, sample_ms = bench.build_step, bench.sample_ms
+    order = []
+
+    def tagged_build(attention, is_causal, bwd):
+        step = build_step(attention, is_causal, bwd)
+        tagged = lambda *a: step(*a)
+        tagged.attention = attention
+        return tagged
+
+    def logged_sample(step, *a):
+        order.append(step.attention)
+        return sample_ms(step, *a)
+
+    first, second = bench.einsum_attention, lambda q, k, v, is_causal: bench.einsum_attention(q, k, v, is_causal)
+    monkeypatch.setattr(bench, "discover_methods", lambda: ({own_label(flash): first, "attn-other": second}, {}))
+    monkeypatch.setattr(bench, "build_step", tagged_build)
+    monkeypatch.setattr(bench, "sample_ms", logged_sample)
+    records = bench.main(TINY + ["--seqlens", "64", "--mode", "fwd", "--no-causal"])
+    assert order == [first, second] * 3  # --iters 3
+    assert all(r["tflops"] > 0 for r in records)
+
+
 def test_methods_option_filters_by_label(flash):
     bench = load_bench(flash)
     records = bench.main(TINY + ["--seqlens", "64", "--mode", "fwdbwd", "--causal",

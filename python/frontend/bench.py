@@ -15,7 +15,8 @@ jflash_attn-rust (ours), attn-einsum, attn-flax, jax-nn-xla, jax-nn-cudnn, fa2-j
 left out, and a method that fails at a point is recorded as skipped. Each point
 reports the median over --iters samples; a sample enqueues enough calls back to
 back to last about 20 ms (at most 400 calls), waits for the last, and divides by
-their number. On CPU, sizes not given default to a tiny configuration so CI runs the
+their number. At each point the methods' samples alternate, one of each in turn
+(until 2026-12-05 each method took all its samples before the next began). On CPU, sizes not given default to a tiny configuration so CI runs the
 code path (flash_mha then runs its pure-JAX reference). --merge times nothing: it
 combines earlier runs' --json records, per point the median of their medians
 (single points move by up to 10-30% between runs on a shared GPU).
@@ -132,25 +133,26 @@ MIN_SAMPLE_MS = 20.0
 MAX_CALLS_PER_SAMPLE = 400
 
 
-def time_step(step, input_sets, cotangent, warmup, iters):
-    """Milliseconds per call: the median over iters samples, each one or more calls
-    back to back (rotating over the input sets) and one wait on the device."""
+def prepare(step, input_sets, cotangent, warmup):
+    """Compiles and warms up step; returns how many calls a sample of it enqueues."""
     for i in range(max(warmup, 1)):  # the first call compiles
         jax.block_until_ready(step(*input_sets[i % len(input_sets)], cotangent))
     start = time.perf_counter()
     jax.block_until_ready(step(*input_sets[0], cotangent))
     single_ms = (time.perf_counter() - start) * 1e3
-    calls = max(1, min(MAX_CALLS_PER_SAMPLE, int(MIN_SAMPLE_MS / max(single_ms, 1e-3)) + 1))
-    times = []
-    for i in range(iters):
-        start = time.perf_counter()
-        for c in range(calls):
-            # One device runs its calls in order: waiting for the last waits for
-            # all, and the earlier outputs are freed as they are dropped.
-            out = step(*input_sets[(i * calls + c) % len(input_sets)], cotangent)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - start) * 1e3 / calls)
-    return times
+    return max(1, min(MAX_CALLS_PER_SAMPLE, int(MIN_SAMPLE_MS / max(single_ms, 1e-3)) + 1))
+
+
+def sample_ms(step, input_sets, cotangent, calls, i):
+    """Milliseconds per call of sample i: calls back to back (rotating over the input
+    sets) and one wait on the device."""
+    start = time.perf_counter()
+    for c in range(calls):
+        # One device runs its calls in order: waiting for the last waits for
+        # all, and the earlier outputs are freed as they are dropped.
+        out = step(*input_sets[(i * calls + c) % len(input_sets)], cotangent)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) * 1e3 / calls
 
 
 def make_record(method, causal, bwd, seqlen, batch, args, times=None, flops=None, skipped=None):
@@ -165,33 +167,53 @@ def make_record(method, causal, bwd, seqlen, batch, args, times=None, flops=None
     return record
 
 
-def measure(label, attention, causal, bwd, seqlen, input_sets, cotangent, args):
-    """One point's record; a failure (OOM, unsupported shape or dtype, ...) becomes a skipped one."""
-    batch = input_sets[0][0].shape[0]
-    try:
-        times = time_step(build_step(attention, causal, bwd), input_sets, cotangent, args.warmup, args.iters)
-        flops = attention_flops(batch, seqlen, args.heads, args.head_dim, causal, bwd)
-        return make_record(label, causal, bwd, seqlen, batch, args, times, flops)
-    except Exception as e:
-        reason = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
-        return make_record(label, causal, bwd, seqlen, batch, args, skipped=reason)
+def failure(e):
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+
+
+def measure_point(methods, causal, bwd, input_sets, cotangent, args):
+    """One point's records, one per method. The methods' samples alternate, one of each in
+    turn, so that every method's median comes from the same stretch of the GPU's clock and
+    power state (run one after the other, the two bindings, whose kernels are the same, differed
+    by up to 3% at single points; docs/hopper-notes.md, tenth session). A method that fails (OOM, unsupported shape or dtype, ...) is recorded
+    as skipped."""
+    batch, seqlen = input_sets[0][0].shape[:2]
+    flops = attention_flops(batch, seqlen, args.heads, args.head_dim, causal, bwd)
+    steps, times, skipped = {}, {}, {}
+    for label, attention in methods.items():
+        try:
+            step = build_step(attention, causal, bwd)
+            steps[label] = step, prepare(step, input_sets, cotangent, args.warmup)
+            times[label] = []
+        except Exception as e:
+            skipped[label] = failure(e)
+            gc.collect()  # what a failed attempt left on the device
+    for i in range(args.iters):
+        for label, (step, calls) in list(steps.items()):
+            try:
+                times[label].append(sample_ms(step, input_sets, cotangent, calls, i))
+            except Exception as e:
+                skipped[label] = failure(e)
+                del steps[label]
+                gc.collect()
+    return [make_record(label, causal, bwd, seqlen, batch, args, skipped=skipped[label]) if label in skipped
+            else make_record(label, causal, bwd, seqlen, batch, args, times[label], flops) for label in methods]
 
 
 def run_sweep(methods, args):
-    """One record per (seqlen, causal, mode, method), printing each as it is measured."""
+    """One record per (seqlen, causal, mode, method), printing each point's as it is measured."""
     records = []
     for seqlen in args.seqlens:
         shape = (max(1, args.total_tokens // seqlen), seqlen, args.heads, args.head_dim)
         input_sets, cotangent = draw_inputs(jax.random.key(seqlen), shape, args.dtype, args.input_sets)
         for causal in args.causal_values:
             for bwd in args.bwd_values:
-                for label, attention in methods.items():
-                    r = measure(label, attention, causal, bwd, seqlen, input_sets, cotangent, args)
+                for r in measure_point(methods, causal, bwd, input_sets, cotangent, args):
                     result = f"{r['ms']:9.3f} ms {r['tflops']:8.4g} TFLOPS" if r["tflops"] else \
                         f"skipped: {r['skipped']}"
-                    print(f"  {panel_name(causal, bwd):19} seqlen {seqlen:6} {label:20} {result}", flush=True)
+                    print(f"  {panel_name(causal, bwd):19} seqlen {seqlen:6} {r['method']:20} {result}", flush=True)
                     records.append(r)
-                    gc.collect()  # what a failed attempt left on the device
+                gc.collect()
         del input_sets, cotangent
     add_peer_ratios(records)
     order = {label: i for i, label in enumerate(methods)}
@@ -342,8 +364,8 @@ def describe(args):
     device = jax.devices()[0]
     return (f"{_binding.PACKAGE} bench on {device.platform} ({device.device_kind}), jax {jax.__version__}: "
             f"heads {args.heads}, head_dim {args.head_dim}, {args.dtype}, {args.total_tokens} tokens "
-            f"per point, median of {args.iters} samples of calls back to back (>= {MIN_SAMPLE_MS:g} ms a sample) "
-            f"over {args.input_sets} input sets")
+            f"per point, median of {args.iters} samples of calls back to back (>= {MIN_SAMPLE_MS:g} ms a sample, "
+            f"the methods' samples alternating) over {args.input_sets} input sets")
 
 
 def main(argv=None):
