@@ -418,7 +418,14 @@ void* usable_workspace(void* workspace) {
 // jfa_get_launch_counts': relaxed atomics, as launches run on any host thread.
 std::atomic<uint64_t> g_fwd_cut{0}, g_bwd_cut{0}, g_uncut_for_scratch{0};
 
-void count_last_round(jfa_sm90::LastRound round, std::atomic<uint64_t>& cut) {
+// Launches a Hopper kernel (run_fwd or run_bwd) and counts how its last round ran.
+template <class Params>
+void launch_sm90(Params& p, cudaError_t (*run)(const Params&, cudaStream_t), cudaStream_t stream,
+                 const char* what, std::atomic<uint64_t>& cut) {
+  jfa_sm90::LastRound round = jfa_sm90::LastRound::uncut;
+  p.last_round = &round;
+  cuda_check(run(p, stream), what);
+  launch_check(what);
   if (round == jfa_sm90::LastRound::cut) cut.fetch_add(1, std::memory_order_relaxed);
   if (round == jfa_sm90::LastRound::uncut_for_scratch)
     g_uncut_for_scratch.fetch_add(1, std::memory_order_relaxed);
@@ -434,11 +441,7 @@ void sm90_fwd(const jfa_fwd_args& a, cudaStream_t stream) {
   p.lse = a.softmax_lse;
   p.workspace = usable_workspace(a.workspace);
   p.workspace_bytes = a.workspace_bytes;  // run_fwd ignores it without workspace
-  jfa_sm90::LastRound round = jfa_sm90::LastRound::uncut;
-  p.last_round = &round;
-  cuda_check(jfa_sm90::run_fwd(p, stream), "Hopper (sm_90a) attention forward");
-  launch_check("Hopper (sm_90a) attention forward launch");
-  count_last_round(round, g_fwd_cut);
+  launch_sm90(p, jfa_sm90::run_fwd, stream, "Hopper (sm_90a) attention forward", g_fwd_cut);
 }
 
 void mha_fwd(const jfa_fwd_args& a, cudaStream_t stream, const Varlen* varlen = nullptr) {
@@ -483,11 +486,7 @@ void sm90_bwd(const jfa_bwd_args& a, cudaStream_t stream) {
   require(a.dq_accum_elems >= need.dq_accum, "dq_accum has " + std::to_string(a.dq_accum_elems) +
                                                  " float32 elements, needs " +
                                                  std::to_string(need.dq_accum));
-  jfa_sm90::LastRound round = jfa_sm90::LastRound::uncut;
-  p.last_round = &round;
-  cuda_check(jfa_sm90::run_bwd(p, stream), "Hopper (sm_90a) attention backward");
-  launch_check("Hopper (sm_90a) attention backward launch");
-  count_last_round(round, g_bwd_cut);
+  launch_sm90(p, jfa_sm90::run_bwd, stream, "Hopper (sm_90a) attention backward", g_bwd_cut);
 }
 
 void mha_bwd(const jfa_bwd_args& a, cudaStream_t stream, const Varlen* varlen = nullptr) {
