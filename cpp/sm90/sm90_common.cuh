@@ -21,6 +21,7 @@
 #include <utility>
 
 #include "flash_sm90.h"
+#include "last_round.h"
 
 namespace jfa_sm90 {
 namespace {
@@ -349,40 +350,6 @@ cudaError_t sm_count(int* sms) {
   return cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device);
 }
 
-// A call's last, partial round. Tiles run one CTA per SM, so whole rounds of
-// `sms` tiles leave a last one of rest = tiles % sms, through which the
-// other SMs idle for a tile's time. Cutting each of those tiles into `split`
-// pieces ends the call after ceil(rest * split / sms) / split of a tile
-// instead; the pieces' partial results meet in caller scratch, where the last
-// piece of a tile to finish combines them. Work items [0, whole) are tiles,
-// then pieces: item whole + split * (tile - whole) + piece, up to `items`.
-constexpr int kMaxSplit = 4;
-constexpr int kMaxCutTiles = 256;  // a last round's: fewer than the SMs
-struct Cut {
-  int whole, split, items;
-};
-
-inline Cut uncut(int tiles) { return Cut{tiles, 1, tiles}; }
-
-// The split (at most max_split) that ends the last round soonest.
-inline Cut cut_last_round(int tiles, int sms, int max_split) {
-  Cut c = uncut(tiles);
-  if (sms <= 0 || sms > kMaxCutTiles) return c;
-  const int rest = tiles % sms;
-  float best = 1.f;  // the last round, in tiles' time
-  for (int k = 2; k <= max_split; ++k) {
-    const float cost = float((rest * k + sms - 1) / sms) / k;
-    if (cost < best - 0.01f) {
-      best = cost;
-      c.split = k;
-    }
-  }
-  if (c.split == 1) return c;
-  c.whole = tiles - rest;
-  c.items = c.whole + rest * c.split;
-  return c;
-}
-
 // Counters of the cut tiles' arrivals (two per tile: the forward counts per
 // consumer warpgroup), reset by each tile's last arrival. Calls take the
 // entries of such pools in turn, so that calls running at once on different
@@ -407,11 +374,7 @@ cudaError_t next_entry(Entry (&pool)[kQueues], Entry** entry) {
 // to p.last_round.
 template <class KernelArgs, class Params>
 cudaError_t set_cut(KernelArgs& a, Cut& c, int64_t needed, const Params& p) {
-  LastRound round = c.split > 1 ? LastRound::cut : LastRound::uncut;
-  if (c.split > 1 && needed > (p.workspace ? p.workspace_bytes : 0)) {
-    c = uncut(c.whole + (c.items - c.whole) / c.split);
-    round = LastRound::uncut_for_scratch;
-  }
+  const LastRound round = fit_to_scratch(c, needed, p.workspace ? p.workspace_bytes : 0);
   if (p.last_round) *p.last_round = round;
   a.whole = c.whole;
   a.split = c.split;
