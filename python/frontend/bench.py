@@ -16,8 +16,9 @@ left out, and a method that fails at a point is recorded as skipped. Each point
 reports the median over --iters samples; a sample enqueues enough calls back to
 back to last about 20 ms (at most 400 calls), waits for the last, and divides by
 their number. At each point the methods' samples alternate, one of each in turn
-(until 2026-12-05 each method took all its samples before the next began). On CPU, sizes not given default to a tiny configuration so CI runs the
-code path (flash_mha then runs its pure-JAX reference). --merge times nothing: it
+(until 2026-12-05 each method took all its samples before the next began). On
+CPU, sizes not given default to a tiny configuration so CI runs the code path
+(flash_mha then runs its pure-JAX reference). --merge times nothing: it
 combines earlier runs' --json records, per point the median of their medians
 (single points move by up to 10-30% between runs on a shared GPU).
 """
@@ -175,8 +176,8 @@ def measure_point(methods, causal, bwd, input_sets, cotangent, args):
     """One point's records, one per method. The methods' samples alternate, one of each in
     turn, so that every method's median comes from the same stretch of the GPU's clock and
     power state (run one after the other, the two bindings, whose kernels are the same, differed
-    by up to 3% at single points; docs/hopper-notes.md, tenth session). A method that fails (OOM, unsupported shape or dtype, ...) is recorded
-    as skipped."""
+    by up to 3% at single points; docs/hopper-notes.md, tenth session). A method that fails
+    (OOM, unsupported shape or dtype, ...) is recorded as skipped."""
     batch, seqlen = input_sets[0][0].shape[:2]
     flops = attention_flops(batch, seqlen, args.heads, args.head_dim, causal, bwd)
     steps, times, skipped = {}, {}, {}
