@@ -62,6 +62,13 @@ constexpr int kDsAtomBytes = kBwdBlockN<D> * 32;
 // dQ^T tiles of 64 head dims a consumer computes per query block.
 template <int D>
 constexpr int kDqTiles = D == 256 ? 2 : 1;
+// Where a query block's row statistics come from. At D = 128 without a mask
+// the producer copies them into the block's stage with its Q (lse) and dO (D)
+// (H200: +0.5-3% at 512-16k, and fewer spills); elsewhere the consumers load
+// them from L2 two blocks ahead, which the masked kernel measured 1.5-3%
+// faster at 2k-8k (docs/hopper-notes.md, eleventh session).
+template <int D, int BM>
+constexpr bool kStatsInStage = D == 128 && BM == kBwdBlockMFull;
 
 struct BwdArgs {
   // Per (batch, head), stats_rows rows each: lse * log2(e) (+inf past
@@ -99,10 +106,12 @@ struct BwdSmem {
   static constexpr int kDO = kQ + kStages * kQBytes;
   static constexpr int kDs = kDO + kStages * kQBytes;
   static constexpr int kDq = kDs + 2 * kDsBytes;
-  // Three buffers of a query block's statistics (BM lse, BM D).
+  // Query blocks' statistics (BM lse, BM D): one per stage where they come
+  // with Q and dO, else three buffers, and except at D = 128 one set per
+  // consumer (see flash_bwd_kernel).
+  static constexpr int kStatBytes = 2 * BM * 4;
   static constexpr int kStats = kDq + 2 * kDqStageBytes;
-  // Except at D = 128 each consumer keeps its own copy (see flash_bwd_kernel).
-  static constexpr int kBars = kStats + (D == 128 ? 1 : 2) * 3 * 2 * BM * 4;
+  static constexpr int kBars = kStats + (kStatsInStage<D, BM> ? kStages : (D == 128 ? 1 : 2) * 3) * kStatBytes;
   // kv_full, then q_full, do_full, q_empty per stage.
   static constexpr int kBytes = kBars + 8 * (1 + 3 * kStages) + 1024;  // + alignment slack
   static_assert(kBytes <= 227 * 1024, "shared memory");
@@ -195,6 +204,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   constexpr bool kExchangeDs = D == 128;
   constexpr int kDqKeys = kDqSplitsKeys ? 64 : kBlockN;
   constexpr int kTiles = kDqTiles<D>;
+  constexpr bool kStageStats = kStatsInStage<D, BM>;
+  constexpr int kStageStatBytes = kStageStats ? BM * 4 : 0;  // with each Q and each dO
 
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = align_1024(smem_raw);
@@ -255,14 +266,18 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         const int s = i % kStages, use = i / kStages;
         const int q0 = (m_lo + i) * BM;
         if (use > 0) mbar_wait(&q_empty[s], (use - 1) & 1);
-        mbar_expect_tx(&q_full[s], L::kQBytes);
+        const float* lse_rows = a.row_stats + bh * a.stats_rows + q0;
+        mbar_expect_tx(&q_full[s], L::kQBytes + kStageStatBytes);
         for (int c = 0; c < kBoxes; ++c)
           tma_load(sQ + s * L::kQBytes + c * BM * kBoxRowBytes, &q_map, &q_full[s], c * kBoxCols, head, q0,
                    batch);
-        mbar_expect_tx(&do_full[s], L::kQBytes);
+        if constexpr (kStageStats) bulk_load(stats_smem + s * 2 * BM, lse_rows, BM * 4, &q_full[s]);
+        mbar_expect_tx(&do_full[s], L::kQBytes + kStageStatBytes);
         for (int c = 0; c < kBoxes; ++c)
           tma_load(sdO + s * L::kQBytes + c * BM * kBoxRowBytes, &do_map, &do_full[s], c * kBoxCols, head, q0,
                    batch);
+        if constexpr (kStageStats)
+          bulk_load(stats_smem + s * 2 * BM + BM, lse_rows + a.stats_stride, BM * 4, &do_full[s]);
       }
     } else if (threadIdx.x / 32 == 1 && n_iter > 0) {
       // The dQ warp adds each consumer's staged dQ^T tile to dq_accum, so
@@ -321,7 +336,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     const int s = i % kStages, parity = (i / kStages) & 1;
     const unsigned char* q_tile = sQ + s * L::kQBytes;
     const unsigned char* do_tile = sdO + s * L::kQBytes;
-    mbar_wait(&q_full[s], parity);
+    if constexpr (!kStageStats) mbar_wait(&q_full[s], parity);  // else waited for the statistics
     transposed_product(k_rows, q_tile, s_acc);
     mbar_wait(&do_full[s], parity);
     transposed_product(v_rows, do_tile, dp_acc);
@@ -345,13 +360,13 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     dq_stage_mark_full(wg);
   };
 
-  // The row statistics of query blocks i, i + 1 (being read) and i + 2
-  // (being written) in shared memory: consumer thread t loads block i + 2's
-  // lse (entry t < BM) or D of row t % BM (t < 2 BM) from L2 when block i
-  // starts and stores it after block i's dS exchange (block_sync), which all
-  // reads of block i - 1 are before and all reads of block i + 2 after (the
-  // exchange of block i + 1). Held in registers instead they cost 2-4%
-  // (docs/hopper-notes.md, b5-b10). At D = 64 and 256 the consumers share no
+  // Unless they come with Q and dO (kStageStats), the row statistics of query
+  // blocks i, i + 1 (being read) and i + 2 (being written) in shared memory:
+  // consumer thread t loads block i + 2's lse (entry t < BM) or D of row
+  // t % BM (t < 2 BM) from L2 when block i starts and stores it after block
+  // i's dS exchange (block_sync), which all reads of block i - 1 are before
+  // and all reads of block i + 2 after (the exchange of block i + 1). Held in
+  // registers instead they cost 2-4% (docs/hopper-notes.md, b5-b10). At D = 64 and 256 the consumers share no
   // dS^T: each keeps its own copy of the statistics and syncs only its own
   // threads (+3-6% at D = 64, b17).
   constexpr int kStatThreads = kExchangeDs ? 256 : 128;
@@ -366,21 +381,27 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       consumer_sync(wg);
   };
   auto stat_load = [&](int i) {
-    Stats r;
+    if constexpr (kStageStats) {
+      return Stats{};
+    } else {
+      Stats r;
 #pragma unroll
-    for (int e = 0; e < kStatsPerThread; ++e) {
-      const int t = stats_thread + e * kStatThreads;
-      r.x[e] = t >= 2 * BM || i >= n_iter ? 0.f
-                                          : __ldg(a.row_stats + (t < BM ? 0 : a.stats_stride) + bh * a.stats_rows +
-                                                  (m_lo + i) * BM + t % BM);
+      for (int e = 0; e < kStatsPerThread; ++e) {
+        const int t = stats_thread + e * kStatThreads;
+        r.x[e] = t >= 2 * BM || i >= n_iter ? 0.f
+                                            : __ldg(a.row_stats + (t < BM ? 0 : a.stats_stride) + bh * a.stats_rows +
+                                                    (m_lo + i) * BM + t % BM);
+      }
+      return r;
     }
-    return r;
   };
   auto stat_store = [&](int i, const Stats& r) {
+    if constexpr (!kStageStats) {
 #pragma unroll
-    for (int e = 0; e < kStatsPerThread; ++e) {
-      const int t = stats_thread + e * kStatThreads;
-      if (t < 2 * BM) my_stats[(i % 3) * 2 * BM + t] = r.x[e];
+      for (int e = 0; e < kStatsPerThread; ++e) {
+        const int t = stats_thread + e * kStatThreads;
+        if (t < 2 * BM) my_stats[(i % 3) * 2 * BM + t] = r.x[e];
+      }
     }
   };
 
@@ -389,13 +410,14 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     stat_store(0, stat0);
     stat_store(1, stat1);
     mbar_wait(kv_full, 0);
-    block_sync();
+    if constexpr (!kStageStats) block_sync();
   }
   for (int i = 0; i < n_iter; ++i) {
     const int s = i % kStages;
     const Stats next_stat = stat_load(i + 2);
     // Columns are queries q0 + 8 j + col + e: lse * log2(e) at st[8 j + col + e], D BM further.
-    const float* st = my_stats + (i % 3) * 2 * BM;
+    const float* st = kStageStats ? stats_smem + s * 2 * BM : my_stats + (i % 3) * 2 * BM;
+    if constexpr (kStageStats) mbar_wait(&q_full[s], (i / kStages) & 1);
     // This block's lse, read before the products are issued. Read after S,
     // the ten loads had one register between them (at 240 per thread) and ran
     // one after another behind the other consumer's operand reads: the

@@ -87,6 +87,14 @@ __device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* map, uint
       : "memory");
 }
 
+// bytes from global to shared memory, completing on bar (16-byte aligned, multiple of 16).
+__device__ __forceinline__ void bulk_load(void* dst, const void* src, int bytes, uint64_t* bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                   smem_addr(dst)),
+               "l"(src), "r"(bytes), "r"(smem_addr(bar))
+               : "memory");
+}
+
 // Stores a box from shared memory into the tensor as tma_load's; one bulk
 // group per bulk_commit(), its reads of shared memory awaited by bulk_wait_read().
 __device__ __forceinline__ void tma_store(const CUtensorMap* map, const void* src, int d, int head,
