@@ -66,7 +66,10 @@ constexpr int kDqTiles = D == 256 ? 2 : 1;
 // the producer copies them into the block's stage with its Q (lse) and dO (D)
 // (H200: +0.5-3% at 512-16k, and fewer spills); elsewhere the consumers load
 // them from L2 two blocks ahead, which the masked kernel measured 1.5-3%
-// faster at 2k-8k (docs/hopper-notes.md, eleventh session).
+// faster at 2k-8k (docs/hopper-notes.md, eleventh session). compute-sanitizer's
+// racecheck reports the copies against the consumers' reads, which the stage's
+// mbarriers order: it does not follow a bulk copy's mbarrier (as for the
+// forward's fmain, 2026-12-02); a tensor-map copy is prepared, not yet run.
 template <int D, int BM>
 constexpr bool kStatsInStage = D == 128 && BM == kBwdBlockMFull;
 
