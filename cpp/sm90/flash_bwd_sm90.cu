@@ -64,7 +64,7 @@ template <int D>
 constexpr int kDqTiles = D == 256 ? 2 : 1;
 // Where a query block's row statistics come from. At D = 128 without a mask
 // the producer copies them into the block's stage with its Q (lse) and dO (D)
-// (H200: +0.5-3% at 512-16k, and fewer spills); elsewhere the consumers load
+// (H200: +1-3% at 512-16k, and fewer spills); elsewhere the consumers load
 // them from L2 two blocks ahead, which the masked kernel measured 1.5-3%
 // faster at 2k-8k (docs/hopper-notes.md, eleventh session). compute-sanitizer's
 // racecheck reports the copies against the consumers' reads, which the stage's
