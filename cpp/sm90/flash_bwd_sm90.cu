@@ -763,6 +763,9 @@ int64_t bwd_cut_bytes(const Cut& c, int head_dim) {
 
 template <bool kBf16, int D, int kStages, int BM>
 cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
+  // The statistics' bulk copies (kStatsInStage) read 16-byte aligned rows:
+  // padded_q is a multiple of 16, the base must be aligned too.
+  if (kStatsInStage<D, BM> && reinterpret_cast<uintptr_t>(p.softmax_d) % 16 != 0) return cudaErrorMisalignedAddress;
   CUtensorMap q_map, k_map, v_map, do_map;
   cudaError_t e;
   if ((e = make_map(&q_map, p.q, kBf16, p.batch, p.seqlen_q, p.heads, D, BM)) != cudaSuccess ||
