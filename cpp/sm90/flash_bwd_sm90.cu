@@ -269,7 +269,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         const int s = i % kStages, use = i / kStages;
         const int q0 = (m_lo + i) * BM;
         if (use > 0) mbar_wait(&q_empty[s], (use - 1) & 1);
-        const float* lse_rows = a.row_stats + bh * a.stats_rows + q0;
+        const float* lse_rows = a.row_stats + bh * a.stats_rows + q0;  // D stats_stride further
         mbar_expect_tx(&q_full[s], L::kQBytes + kStageStatBytes);
         for (int c = 0; c < kBoxes; ++c)
           tma_load(sQ + s * L::kQBytes + c * BM * kBoxRowBytes, &q_map, &q_full[s], c * kBoxCols, head, q0,
@@ -369,9 +369,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   // t % BM (t < 2 BM) from L2 when block i starts and stores it after block
   // i's dS exchange (block_sync), which all reads of block i - 1 are before
   // and all reads of block i + 2 after (the exchange of block i + 1). Held in
-  // registers instead they cost 2-4% (docs/hopper-notes.md, b5-b10). At D = 64 and 256 the consumers share no
-  // dS^T: each keeps its own copy of the statistics and syncs only its own
-  // threads (+3-6% at D = 64, b17).
+  // registers instead they cost 2-4% (docs/hopper-notes.md, b5-b10). At D = 64
+  // and 256 the consumers share no dS^T: each keeps its own copy of the
+  // statistics and syncs only its own threads (+3-6% at D = 64, b17).
   constexpr int kStatThreads = kExchangeDs ? 256 : 128;
   constexpr int kStatsPerThread = (2 * BM + kStatThreads - 1) / kStatThreads;
   struct Stats { float x[kStatsPerThread]; };

@@ -87,7 +87,8 @@ __device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* map, uint
       : "memory");
 }
 
-// bytes from global to shared memory, completing on bar (16-byte aligned, multiple of 16).
+// Copies `bytes` (a multiple of 16) from global to shared memory, both 16-byte
+// aligned; the bytes count towards bar's transaction count, as tma_load's.
 __device__ __forceinline__ void bulk_load(void* dst, const void* src, int bytes, uint64_t* bar) {
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
                    smem_addr(dst)),
