@@ -219,6 +219,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   unsigned char* sdS = smem + L::kDs;
   unsigned char* sdQ = smem + L::kDq;
   float* stats_smem = reinterpret_cast<float*>(smem + L::kStats);
+  // Where they come with Q and dO (kStageStats), stage s's statistics: BM lse, then BM D.
+  auto stage_stats = [&](int s) { return stats_smem + s * 2 * BM; };
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBars);
   uint64_t* kv_full = bars;
   uint64_t* q_full = bars + 1;
@@ -274,13 +276,13 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         for (int c = 0; c < kBoxes; ++c)
           tma_load(sQ + s * L::kQBytes + c * BM * kBoxRowBytes, &q_map, &q_full[s], c * kBoxCols, head, q0,
                    batch);
-        if constexpr (kStageStats) bulk_load(stats_smem + s * 2 * BM, lse_rows, BM * 4, &q_full[s]);
+        if constexpr (kStageStats) bulk_load(stage_stats(s), lse_rows, BM * 4, &q_full[s]);
         mbar_expect_tx(&do_full[s], L::kQBytes + kStageStatBytes);
         for (int c = 0; c < kBoxes; ++c)
           tma_load(sdO + s * L::kQBytes + c * BM * kBoxRowBytes, &do_map, &do_full[s], c * kBoxCols, head, q0,
                    batch);
         if constexpr (kStageStats)
-          bulk_load(stats_smem + s * 2 * BM + BM, lse_rows + a.stats_stride, BM * 4, &do_full[s]);
+          bulk_load(stage_stats(s) + BM, lse_rows + a.stats_stride, BM * 4, &do_full[s]);
       }
     } else if (threadIdx.x / 32 == 1 && n_iter > 0) {
       // The dQ warp adds each consumer's staged dQ^T tile to dq_accum, so
@@ -419,7 +421,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     const int s = i % kStages;
     const Stats next_stat = stat_load(i + 2);
     // Columns are queries q0 + 8 j + col + e: lse * log2(e) at st[8 j + col + e], D BM further.
-    const float* st = kStageStats ? stats_smem + s * 2 * BM : my_stats + (i % 3) * 2 * BM;
+    const float* st = kStageStats ? stage_stats(s) : my_stats + (i % 3) * 2 * BM;
     if constexpr (kStageStats) mbar_wait(&q_full[s], (i / kStages) & 1);
     // This block's lse, read before the products are issued. Read after S,
     // the ten loads had one register between them (at 240 per thread) and ran
