@@ -66,10 +66,10 @@ constexpr int kDqTiles = D == 256 ? 2 : 1;
 // the producer copies them into the block's stage with its Q (lse) and dO (D)
 // (H200: +1-3% at 512-16k, and fewer spills); elsewhere the consumers load
 // them from L2 two blocks ahead, which the masked kernel measured 1.5-3%
-// faster at 2k-8k (docs/hopper-notes.md, eleventh session). compute-sanitizer's
-// racecheck reports the copies against the consumers' reads, which the stage's
-// mbarriers order: it does not follow a bulk copy's mbarrier (as for the
-// forward's fmain, 2026-12-02); a tensor-map copy is prepared, not yet run.
+// faster at 2k-8k (docs/hopper-notes.md, eleventh session). The copies go
+// through a tensor map: racecheck follows a tensor copy's mbarrier but not a
+// flat bulk copy's, which it reported against the consumers' reads (twelfth
+// session; the two time alike).
 template <int D, int BM>
 constexpr bool kStatsInStage = D == 128 && BM == kBwdBlockMFull;
 
@@ -109,11 +109,14 @@ struct BwdSmem {
   static constexpr int kDO = kQ + kStages * kQBytes;
   static constexpr int kDs = kDO + kStages * kQBytes;
   static constexpr int kDq = kDs + 2 * kDsBytes;
-  // Query blocks' statistics (BM lse, BM D): one per stage where they come
-  // with Q and dO, else three buffers, and except at D = 128 one set per
+  // Query blocks' statistics (BM lse, then BM D, kStatRow floats apart): one
+  // set per stage where they come with Q and dO (each row 128-byte aligned for
+  // its tensor copy), else three buffers, and except at D = 128 one set per
   // consumer (see flash_bwd_kernel).
-  static constexpr int kStatBytes = 2 * BM * 4;
+  static constexpr int kStatRow = kStatsInStage<D, BM> ? (BM + 31) / 32 * 32 : BM;
+  static constexpr int kStatBytes = 2 * kStatRow * 4;
   static constexpr int kStats = kDq + 2 * kDqStageBytes;
+  static_assert(kStats % 128 == 0, "tensor copies' alignment");
   static constexpr int kBars = kStats + (kStatsInStage<D, BM> ? kStages : (D == 128 ? 1 : 2) * 3) * kStatBytes;
   // kv_full, then q_full, do_full, q_empty per stage.
   static constexpr int kBytes = kBars + 8 * (1 + 3 * kStages) + 1024;  // + alignment slack
@@ -187,7 +190,7 @@ template <bool kBf16, int D, int kStages, int BM, bool kCut>
 __global__ void __launch_bounds__(kBwdThreads, 1)
     flash_bwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
                const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap do_map,
-               const BwdArgs a) {
+               const __grid_constant__ CUtensorMap stats_map, const BwdArgs a) {
   using L = BwdSmem<D, kStages, BM>;
   constexpr int kBlockN = kBwdBlockN<D>;
   constexpr int kBoxes = D / kBoxCols;
@@ -219,8 +222,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   unsigned char* sdS = smem + L::kDs;
   unsigned char* sdQ = smem + L::kDq;
   float* stats_smem = reinterpret_cast<float*>(smem + L::kStats);
-  // Where they come with Q and dO (kStageStats), stage s's statistics: BM lse, then BM D.
-  auto stage_stats = [&](int s) { return stats_smem + s * 2 * BM; };
+  // Where they come with Q and dO (kStageStats), stage s's statistics: BM lse, then BM D from L::kStatRow.
+  auto stage_stats = [&](int s) { return stats_smem + s * 2 * L::kStatRow; };
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBars);
   uint64_t* kv_full = bars;
   uint64_t* q_full = bars + 1;
@@ -271,18 +274,17 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         const int s = i % kStages, use = i / kStages;
         const int q0 = (m_lo + i) * BM;
         if (use > 0) mbar_wait(&q_empty[s], (use - 1) & 1);
-        const float* lse_rows = a.row_stats + bh * a.stats_rows + q0;  // D stats_stride further
         mbar_expect_tx(&q_full[s], L::kQBytes + kStageStatBytes);
         for (int c = 0; c < kBoxes; ++c)
           tma_load(sQ + s * L::kQBytes + c * BM * kBoxRowBytes, &q_map, &q_full[s], c * kBoxCols, head, q0,
                    batch);
-        if constexpr (kStageStats) bulk_load(stage_stats(s), lse_rows, BM * 4, &q_full[s]);
+        if constexpr (kStageStats) tma_load_3d(stage_stats(s), &stats_map, &q_full[s], q0, int(bh), 0);
         mbar_expect_tx(&do_full[s], L::kQBytes + kStageStatBytes);
         for (int c = 0; c < kBoxes; ++c)
           tma_load(sdO + s * L::kQBytes + c * BM * kBoxRowBytes, &do_map, &do_full[s], c * kBoxCols, head, q0,
                    batch);
         if constexpr (kStageStats)
-          bulk_load(stage_stats(s) + BM, lse_rows + a.stats_stride, BM * 4, &do_full[s]);
+          tma_load_3d(stage_stats(s) + L::kStatRow, &stats_map, &do_full[s], q0, int(bh), 1);
       }
     } else if (threadIdx.x / 32 == 1 && n_iter > 0) {
       // The dQ warp adds each consumer's staged dQ^T tile to dq_accum, so
@@ -420,7 +422,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   for (int i = 0; i < n_iter; ++i) {
     const int s = i % kStages;
     const Stats next_stat = stat_load(i + 2);
-    // Columns are queries q0 + 8 j + col + e: lse * log2(e) at st[8 j + col + e], D BM further.
+    // Columns are queries q0 + 8 j + col + e: lse * log2(e) at st[8 j + col + e], D kStatRow further.
     const float* st = kStageStats ? stage_stats(s) : my_stats + (i % 3) * 2 * BM;
     if constexpr (kStageStats) mbar_wait(&q_full[s], (i / kStages) & 1);
     // This block's lse, read before the products are issued. Read after S,
@@ -489,7 +491,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     for (int i2 = 0; i2 < BM / 4; ++i2) {
       const int j = i2 / 2;  // pairs (4j, 4j+1) are row key0, (4j+2, 4j+3) row key0 + 8
       const int e = (i2 % 2) * 2;
-      const float2 dd = *reinterpret_cast<const float2*>(st + BM + 8 * j + col);
+      const float2 dd = *reinterpret_cast<const float2*>(st + L::kStatRow + 8 * j + col);
       p[i2] = pack<kBf16>(s_acc[4 * j + e], s_acc[4 * j + e + 1]);
       ds[i2] = pack<kBf16>(s_acc[4 * j + e] * (dp_acc[4 * j + e] - dd.x),
                            s_acc[4 * j + e + 1] * (dp_acc[4 * j + e + 1] - dd.y));
@@ -765,10 +767,10 @@ int64_t bwd_cut_bytes(const Cut& c, int head_dim) {
 
 template <bool kBf16, int D, int kStages, int BM>
 cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
-  // The statistics' bulk copies (kStatsInStage) read 16-byte aligned rows:
-  // padded_q is a multiple of 16, the base must be aligned too.
+  // A tensor map (the statistics', kStatsInStage) needs a 16-byte aligned
+  // base; padded_q is a multiple of 16.
   if (kStatsInStage<D, BM> && reinterpret_cast<uintptr_t>(p.softmax_d) % 16 != 0) return cudaErrorMisalignedAddress;
-  CUtensorMap q_map, k_map, v_map, do_map;
+  CUtensorMap q_map, k_map, v_map, do_map, stats_map{};
   cudaError_t e;
   if ((e = make_map(&q_map, p.q, kBf16, p.batch, p.seqlen_q, p.heads, D, BM)) != cudaSuccess ||
       (e = make_map(&do_map, p.dout, kBf16, p.batch, p.seqlen_q, p.heads, D, BM)) != cudaSuccess ||
@@ -779,6 +781,9 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
   const int64_t stat_rows = scratch.row_stats / 2;  // [batch, heads, padded_q]
   const int padded_q = static_cast<int>(stat_rows / (int64_t(p.batch) * p.heads));
   const int m_blocks = (p.seqlen_q + BM - 1) / BM;  // dq_accum holds m_blocks * BM rows per (batch, head)
+  if (kStatsInStage<D, BM> &&
+      (e = make_stats_map(&stats_map, p.softmax_d, int64_t(p.batch) * p.heads, padded_q, BM)) != cudaSuccess)
+    return e;
   bwd_prep_kernel<kBf16, D><<<(stat_rows + 7) / 8, 256, 0, stream>>>(
       p.out, p.dout, p.lse, p.softmax_d, p.dq_accum, stat_rows, p.heads, p.seqlen_q, padded_q, m_blocks * BM);
 
@@ -811,7 +816,7 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
   if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem)) !=
       cudaSuccess)
     return e;
-  if (blocks > 0) kernel<<<grid, kBwdThreads, smem, stream>>>(q_map, k_map, v_map, do_map, a);
+  if (blocks > 0) kernel<<<grid, kBwdThreads, smem, stream>>>(q_map, k_map, v_map, do_map, stats_map, a);
 
   const dim3 convert_grid(D / 64 * m_blocks, p.heads, p.batch);
   dq_convert_kernel<kBf16, D, BM><<<convert_grid, 128, 0, stream>>>(p.dq_accum, p.dq, p.heads, p.seqlen_q,

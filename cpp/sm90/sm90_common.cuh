@@ -87,13 +87,15 @@ __device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* map, uint
       : "memory");
 }
 
-// Copies `bytes` (a multiple of 16) from global to shared memory, both 16-byte
-// aligned; the bytes count towards bar's transaction count, as tma_load's.
-__device__ __forceinline__ void bulk_load(void* dst, const void* src, int bytes, uint64_t* bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                   smem_addr(dst)),
-               "l"(src), "r"(bytes), "r"(smem_addr(bar))
-               : "memory");
+// A box of make_stats_map's (rows from `row`, of one (batch, head) `bh`,
+// statistic `which`), completing on bar as tma_load's.
+__device__ __forceinline__ void tma_load_3d(void* dst, const CUtensorMap* map, uint64_t* bar, int row, int bh,
+                                            int which) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4}], [%5];" ::"r"(smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(row), "r"(bh), "r"(which), "r"(smem_addr(bar))
+      : "memory");
 }
 
 // Stores a box from shared memory into the tensor as tma_load's; one bulk
@@ -349,6 +351,22 @@ cudaError_t make_map(CUtensorMap* map, const void* base, bool bf16, int batch, i
                             4, const_cast<void*>(base), dims, strides, box, element_strides,
                             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+// The backward's float32 row statistics, [2][bh][rows] (lse, then D), as a
+// 3-D tensor map with boxes of `box` rows.
+cudaError_t make_stats_map(CUtensorMap* map, const float* base, int64_t bh, int rows, int box) {
+  EncodeTiled encode;
+  if (cudaError_t e = encoder(&encode); e != cudaSuccess) return e;
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(rows), static_cast<cuuint64_t>(bh), 2};
+  const cuuint64_t row_bytes = static_cast<cuuint64_t>(rows) * 4;
+  const cuuint64_t strides[2] = {row_bytes, row_bytes * static_cast<cuuint64_t>(bh)};
+  const cuuint32_t box_dims[3] = {static_cast<cuuint32_t>(box), 1, 1};
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 3, const_cast<float*>(base), dims, strides,
+                            box_dims, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
+                            CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 

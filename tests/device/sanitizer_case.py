@@ -8,8 +8,8 @@ fixed stride or from its tile queue), at d 64 over 4096 keys (192-key blocks), a
 keys (176-key blocks, unmasked), at d 256 with 80-key blocks (unmasked, and causal over 4096
 keys); then split-KV decoding against contiguous and paged caches, with appends and several
 splits. A case the wheel was built without (a head dim, the split-KV kernels) is skipped, with a
-line saying so. Racecheck reports the d 128 unmasked backward's bulk copies of the row statistics
-against their reads, which mbarriers order (`kStatsInStage` in cpp/sm90/flash_bwd_sm90.cu).
+line saying so. The d 128 unmasked backward copies its row statistics by tensor map, not by a flat
+bulk copy, whose mbarrier racecheck does not follow (`kStatsInStage` in cpp/sm90/flash_bwd_sm90.cu).
 """
 
 import sys
