@@ -2,7 +2,9 @@
 
 The lent H100 we test on has CUDA 13.0, Python 3.12, pybind11 and jaxlib, but
 neither Bazel nor network, and a pybind11 extension must be compiled for the
-Python that imports it. This script mirrors, for that host only, what
+Python that imports it: here, or on a CPU host under the same Python with jax
+and jaxlib of the same version (FFI headers), pybind11, and --cuda at a CUDA
+13.0 toolkit (the PyPI wheels' nvidia/cu13 will do). This script mirrors, for that host only, what
 cpp/BUILD.bazel and third_party/cuda/defs.bzl do (keep the nvcc flags in
 step): nvcc compiles the selected FlashAttention-2 kernels from the flash-attn
 sdist, with sm_90 among --archs our Hopper kernels (cpp/sm90/*.cu, for sm_90a
@@ -114,6 +116,9 @@ def main():
 
     import jax
     import pybind11
+    # A toolkit's lib64; the PyPI CUDA wheels (nvidia/cu13) have lib instead.
+    cuda_lib = next(d for d in (os.path.join(args.cuda, "lib64"), os.path.join(args.cuda, "lib"), "")
+                    if not d or os.path.isdir(d))
     site = os.path.abspath(args.out)
     package = os.path.join(site, "jax_flash_attn")
     assemble(package, os.path.join(ROOT, "python", "jax_flash_attn", "_binding.py"))
@@ -122,7 +127,7 @@ def main():
          f"-I{jax.ffi.include_dir()}", f"-I{args.cuda}/include",
          os.path.join(ROOT, "cpp", "jax_flash_attn_cpp.cc"),
          "-Wl,--whole-archive", *objects, buffers, "-Wl,--no-whole-archive",
-         f"-L{args.cuda}/lib64", "-lcudart_static", "-ldl", "-lpthread", "-lrt", "-Wl,--exclude-libs,ALL",
+         f"-L{cuda_lib}", "-lcudart_static", "-ldl", "-lpthread", "-lrt", "-Wl,--exclude-libs,ALL",
          "-o", os.path.join(package, "_jax_flash_attn_cpp.so")])
     if args.rust_extension:
         rust = os.path.join(site, "jflash_attn")
