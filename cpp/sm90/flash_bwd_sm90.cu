@@ -222,8 +222,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   unsigned char* sdS = smem + L::kDs;
   unsigned char* sdQ = smem + L::kDq;
   float* stats_smem = reinterpret_cast<float*>(smem + L::kStats);
-  // Where they come with Q and dO (kStageStats), stage s's statistics: BM lse, then BM D from L::kStatRow.
-  auto stage_stats = [&](int s) { return stats_smem + s * 2 * L::kStatRow; };
+  // Set s of a query block's statistics: BM lse, then BM D from L::kStatRow.
+  // Where they come with Q and dO (kStageStats), set s is stage s's.
+  auto stats_set = [&](int s) { return stats_smem + s * 2 * L::kStatRow; };
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBars);
   uint64_t* kv_full = bars;
   uint64_t* q_full = bars + 1;
@@ -278,13 +279,13 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         for (int c = 0; c < kBoxes; ++c)
           tma_load(sQ + s * L::kQBytes + c * BM * kBoxRowBytes, &q_map, &q_full[s], c * kBoxCols, head, q0,
                    batch);
-        if constexpr (kStageStats) tma_load_3d(stage_stats(s), &stats_map, &q_full[s], q0, int(bh), 0);
+        if constexpr (kStageStats) tma_load_3d(stats_set(s), &stats_map, &q_full[s], q0, int(bh), 0);
         mbar_expect_tx(&do_full[s], L::kQBytes + kStageStatBytes);
         for (int c = 0; c < kBoxes; ++c)
           tma_load(sdO + s * L::kQBytes + c * BM * kBoxRowBytes, &do_map, &do_full[s], c * kBoxCols, head, q0,
                    batch);
         if constexpr (kStageStats)
-          tma_load_3d(stage_stats(s) + L::kStatRow, &stats_map, &do_full[s], q0, int(bh), 1);
+          tma_load_3d(stats_set(s) + L::kStatRow, &stats_map, &do_full[s], q0, int(bh), 1);
       }
     } else if (threadIdx.x / 32 == 1 && n_iter > 0) {
       // The dQ warp adds each consumer's staged dQ^T tile to dq_accum, so
@@ -380,7 +381,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   constexpr int kStatsPerThread = (2 * BM + kStatThreads - 1) / kStatThreads;
   struct Stats { float x[kStatsPerThread]; };
   const int stats_thread = kExchangeDs ? threadIdx.x - 128 : wg_thread;
-  float* my_stats = stats_smem + (kExchangeDs ? 0 : wg * 3 * 2 * BM);
+  float* my_stats = stats_set(kExchangeDs ? 0 : wg * 3);  // the first of this consumer's three sets
   auto block_sync = [&]() {
     if constexpr (kExchangeDs)
       consumers_sync();
@@ -404,6 +405,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   };
   auto stat_store = [&](int i, const Stats& r) {
     if constexpr (!kStageStats) {
+      static_assert(L::kStatRow == BM, "lse and D adjacent");
 #pragma unroll
       for (int e = 0; e < kStatsPerThread; ++e) {
         const int t = stats_thread + e * kStatThreads;
@@ -423,7 +425,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     const int s = i % kStages;
     const Stats next_stat = stat_load(i + 2);
     // Columns are queries q0 + 8 j + col + e: lse * log2(e) at st[8 j + col + e], D kStatRow further.
-    const float* st = kStageStats ? stage_stats(s) : my_stats + (i % 3) * 2 * BM;
+    const float* st = kStageStats ? stats_set(s) : my_stats + (i % 3) * 2 * BM;
     if constexpr (kStageStats) mbar_wait(&q_full[s], (i / kStages) & 1);
     // This block's lse, read before the products are issued. Read after S,
     // the ten loads had one register between them (at 240 per thread) and ran
@@ -767,9 +769,6 @@ int64_t bwd_cut_bytes(const Cut& c, int head_dim) {
 
 template <bool kBf16, int D, int kStages, int BM>
 cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
-  // A tensor map (the statistics', kStatsInStage) needs a 16-byte aligned
-  // base; padded_q is a multiple of 16.
-  if (kStatsInStage<D, BM> && reinterpret_cast<uintptr_t>(p.softmax_d) % 16 != 0) return cudaErrorMisalignedAddress;
   CUtensorMap q_map, k_map, v_map, do_map, stats_map{};
   cudaError_t e;
   if ((e = make_map(&q_map, p.q, kBf16, p.batch, p.seqlen_q, p.heads, D, BM)) != cudaSuccess ||

@@ -355,8 +355,10 @@ cudaError_t make_map(CUtensorMap* map, const void* base, bool bf16, int batch, i
 }
 
 // The backward's float32 row statistics, [2][bh][rows] (lse, then D), as a
-// 3-D tensor map with boxes of `box` rows.
+// 3-D tensor map with boxes of `box` rows. A tensor map needs a 16-byte
+// aligned base (rows * 4 bytes, the stride, is a multiple of 16 already).
 cudaError_t make_stats_map(CUtensorMap* map, const float* base, int64_t bh, int rows, int box) {
+  if (reinterpret_cast<uintptr_t>(base) % 16 != 0) return cudaErrorMisalignedAddress;
   EncodeTiled encode;
   if (cudaError_t e = encoder(&encode); e != cudaSuccess) return e;
   const cuuint64_t dims[3] = {static_cast<cuuint64_t>(rows), static_cast<cuuint64_t>(bh), 2};

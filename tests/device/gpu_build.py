@@ -4,14 +4,14 @@ The lent H100 we test on has CUDA 13.0, Python 3.12, pybind11 and jaxlib, but
 neither Bazel nor network, and a pybind11 extension must be compiled for the
 Python that imports it: here, or on a CPU host under the same Python with jax
 and jaxlib of the same version (FFI headers), pybind11, and --cuda at a CUDA
-13.0 toolkit (the PyPI wheels' nvidia/cu13 will do). This script mirrors, for that host only, what
-cpp/BUILD.bazel and third_party/cuda/defs.bzl do (keep the nvcc flags in
-step): nvcc compiles the selected FlashAttention-2 kernels from the flash-attn
-sdist, with sm_90 among --archs our Hopper kernels (cpp/sm90/*.cu, for sm_90a
-only; --no-sm90 leaves it out, as --//cpp:sm90_kernels=false), and the C ABI;
-g++ the pybind11 binding, and the packages are assembled as
-python/package.bzl assembles them. A Rust extension built elsewhere with
-Bazel (abi3) can be added with --rust-extension.
+13.0 toolkit (the PyPI wheels' nvidia/cu13 will do). This script mirrors, for
+such hosts only, what cpp/BUILD.bazel and third_party/cuda/defs.bzl do (keep
+the nvcc flags in step): nvcc compiles the selected FlashAttention-2 kernels
+from the flash-attn sdist, with sm_90 among --archs our Hopper kernels
+(cpp/sm90/*.cu, for sm_90a only; --no-sm90 leaves it out, as
+--//cpp:sm90_kernels=false), and the C ABI; g++ the pybind11 binding, and the
+packages are assembled as python/package.bzl assembles them. A Rust extension
+built elsewhere with Bazel (abi3) can be added with --rust-extension.
 
 usage: gpu_build.py --sdist flash_attn-2.8.3.post2.tar.gz --out build/site
                     [--head-dims 64,128,256] [--dtypes fp16,bf16] [--archs sm_90] [--jobs 14] [--no-splitkv]
@@ -117,8 +117,7 @@ def main():
     import jax
     import pybind11
     # A toolkit's lib64; the PyPI CUDA wheels (nvidia/cu13) have lib instead.
-    cuda_lib = next(d for d in (os.path.join(args.cuda, "lib64"), os.path.join(args.cuda, "lib"), "")
-                    if not d or os.path.isdir(d))
+    cuda_lib = os.path.join(args.cuda, "lib64" if os.path.isdir(os.path.join(args.cuda, "lib64")) else "lib")
     site = os.path.abspath(args.out)
     package = os.path.join(site, "jax_flash_attn")
     assemble(package, os.path.join(ROOT, "python", "jax_flash_attn", "_binding.py"))
