@@ -29,9 +29,10 @@
 //             all dims itself (twice the work of those two products, but no
 //             exchange) and dQ^T for its own half of the dims.
 // Small kernels around it compute D = rowsum(dO * O) (clearing the dQ buffer
-// on the way) and convert dQ. Unmasked calls cut the key blocks of a last,
-// partial round into pieces of their query blocks, whose dK and dV meet in
-// caller scratch (launch_bwd).
+// on the way) and convert dQ, the conversion on the SMs the backward's last
+// round leaves idle (kConvertOverlaps). Unmasked calls cut the key blocks of
+// a last, partial round into pieces of their query blocks, whose dK and dV
+// meet in caller scratch (launch_bwd).
 
 #include "flash_sm90.h"
 
@@ -73,6 +74,15 @@ constexpr int kDqTiles = D == 256 ? 2 : 1;
 template <int D, int BM>
 constexpr bool kStatsInStage = D == 128 && BM == kBwdBlockMFull;
 
+// dq_convert_kernel is launched as a programmatic dependent of the backward
+// and converts each (batch, head) once its key blocks have counted their dQ
+// in (BwdArgs::dq_done). H100, standalone: 1-5% faster at 512-4k tokens at
+// D = 128 and 256, within the spread from 8k. At D = 64 it measured 1-2%
+// slower at 512-1k and 1% faster at 2k-8k, so there the conversion still
+// follows the backward (docs/hopper-notes.md, thirteenth session).
+template <int D>
+constexpr bool kConvertOverlaps = D != 64;
+
 struct BwdArgs {
   // Per (batch, head), stats_rows rows each: lse * log2(e) (+inf past
   // seqlen_q, so that P = 0 there), then D = rowsum(dO * O) (0 past seqlen_q).
@@ -94,6 +104,9 @@ struct BwdArgs {
   int n_blocks, whole, split;
   float4* partial;
   unsigned* arrivals;
+  // Per (batch, head): the shares of its key blocks whose dQ is complete in
+  // dq_accum (a whole block adds split, a piece 1), for dq_convert_kernel.
+  unsigned* dq_done;
 };
 
 template <int D, int kStages, int BM>
@@ -231,6 +244,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   uint64_t* do_full = bars + 1 + kStages;
   uint64_t* q_empty = bars + 1 + 2 * kStages;
 
+  if constexpr (kConvertOverlaps<D>) allow_dependent_launch();
   const BlockPos pos = block_pos<kCut>(a);
   const int piece = pos.piece, head = pos.head, batch = pos.batch;
   const int head_k = head / a.group;
@@ -302,6 +316,12 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           __syncwarp();
           if (i + 1 < n_iter) dq_stage_mark_empty(wg);
         }
+    }
+    if (kConvertOverlaps<D> && threadIdx.x == 32) {
+      // This CTA's reduce-adds written (not only read) and visible before it counts.
+      asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
+      __threadfence();
+      atomicAdd(&a.dq_done[bh], piece < 0 ? unsigned(a.split) : 1u);
     }
     return;
   }
@@ -669,12 +689,13 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
 
 // Before the main kernel: BwdArgs::row_stats (`rows` lse * log2(e), padded to
 // padded_q rows per (batch, head), then as many D = rowsum(dO * O)) and zeros
-// in dq_accum, where each row clears D floats of its (batch, head)'s m_rows.
+// in dq_accum, where each row clears D floats of its (batch, head)'s m_rows,
+// and in the `pairs` dq_done counters.
 // One warp per row, each lane D / 32 elements of it.
 template <bool kBf16, int D>
 __global__ void bwd_prep_kernel(const void* out, const void* dout, const float* lse, float* stats,
                                 float* dq_accum, int64_t rows, int heads, int seqlen_q, int padded_q,
-                                int m_rows) {
+                                int m_rows, unsigned* dq_done, int64_t pairs) {
   static_assert(D % 64 == 0, "a lane reads whole 8-byte pieces");
   const int64_t row = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;  // [batch, heads, padded_q]
   if (row >= rows) return;
@@ -700,6 +721,7 @@ __global__ void bwd_prep_kernel(const void* out, const void* dout, const float* 
 #pragma unroll
   for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffff, sum, o);
   if (lane == 0) {
+    if (row < pairs) dq_done[row] = 0;
     stats[row] = i < seqlen_q ? lse[bh * seqlen_q + i] * 1.44269504f : INFINITY;
     stats[row + rows] = sum;
   }
@@ -708,18 +730,32 @@ __global__ void bwd_prep_kernel(const void* out, const void* dout, const float* 
 // dq[b, q0 .. q0 + BM, h, 64 half ..] = scale * one dQ^T tile of 64 head dims
 // in dq_accum, which holds a warpgroup's accumulators in thread order (float4
 // v of thread t at 128 v + t). One CTA of 128 threads per tile: coalesced
-// loads into shared memory as [query][dim], then rows of 64 dims out.
+// loads into shared memory as [query][dim], then rows of 64 dims out. Where
+// it runs beside the backward (kConvertOverlaps), a tile waits until its
+// (batch, head)'s dq_done reaches `expected`.
 template <bool kBf16, int D, int BM>
-__global__ void dq_convert_kernel(const float* acc, void* dq, int heads, int seqlen_q, float scale) {
+__global__ void dq_convert_kernel(const float* acc, void* dq, int heads, int seqlen_q, float scale,
+                                  const unsigned* dq_done, unsigned expected) {
   constexpr int kPitch = 65;
   __shared__ float tile[BM * kPitch];
   const int m = blockIdx.x / (D / 64), half = blockIdx.x % (D / 64), h = blockIdx.y, b = blockIdx.z;
   const int m_blocks = (seqlen_q + BM - 1) / BM;
-  const float* src = acc + dq_tile_offset<D, BM>(int64_t(b) * heads + h, m_blocks, m, half);
+  const int64_t bh = int64_t(b) * heads + h;
+  const float* src = acc + dq_tile_offset<D, BM>(bh, m_blocks, m, half);
   const int t = threadIdx.x, w = t / 32, l = t % 32;
+  if (kConvertOverlaps<D> && t == 0) {
+    for (;;) {
+      unsigned done;
+      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(done) : "l"(dq_done + bh) : "memory");
+      if (done >= expected) break;
+      __nanosleep(500);
+    }
+  }
+  __syncthreads();
 #pragma unroll
   for (int v = 0; v < BM / 8; ++v) {
-    const float4 x = reinterpret_cast<const float4*>(src)[128 * v + t];
+    // From L2: the backward wrote it while this kernel ran.
+    const float4 x = __ldcg(reinterpret_cast<const float4*>(src) + 128 * v + t);
     const float e[4] = {x.x, x.y, x.z, x.w};
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
@@ -736,6 +772,11 @@ __global__ void dq_convert_kernel(const float* acc, void* dq, int heads, int seq
                                                 ((int64_t(b) * seqlen_q + q) * heads + h) * D + half * 64);
     row[l] = pack<kBf16>(tile[r * kPitch + 2 * l] * scale, tile[r * kPitch + 2 * l + 1] * scale);
   }
+  // This launch completes only after the backward has (one CTA waits for it),
+  // so what follows in the stream sees dK and dV too.
+  if (kConvertOverlaps<D> && blockIdx.x == gridDim.x - 1 && blockIdx.y == gridDim.y - 1 &&
+      blockIdx.z == gridDim.z - 1)
+    wait_previous_grid();
 }
 
 // Key blocks of a call: batch * heads * blocks of kBwdBlockN keys.
@@ -777,14 +818,17 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
       (e = make_map(&v_map, p.v, kBf16, p.batch, p.seqlen_k, p.heads_k, D, kBwdBlockN<D>)) != cudaSuccess)
     return e;
   const BwdScratch scratch = bwd_scratch_elems(p.batch, p.heads, p.seqlen_q, D);
-  const int64_t stat_rows = scratch.row_stats / 2;  // [batch, heads, padded_q]
-  const int padded_q = static_cast<int>(stat_rows / (int64_t(p.batch) * p.heads));
+  const int64_t stat_rows = scratch.rows;  // [batch, heads, padded_q]
+  const int64_t pairs = int64_t(p.batch) * p.heads;
+  unsigned* dq_done = reinterpret_cast<unsigned*>(p.softmax_d + 2 * stat_rows);
+  const int padded_q = static_cast<int>(stat_rows / pairs);
   const int m_blocks = (p.seqlen_q + BM - 1) / BM;  // dq_accum holds m_blocks * BM rows per (batch, head)
   if (kStatsInStage<D, BM> &&
-      (e = make_stats_map(&stats_map, p.softmax_d, int64_t(p.batch) * p.heads, padded_q, BM)) != cudaSuccess)
+      (e = make_stats_map(&stats_map, p.softmax_d, pairs, padded_q, BM)) != cudaSuccess)
     return e;
   bwd_prep_kernel<kBf16, D><<<(stat_rows + 7) / 8, 256, 0, stream>>>(
-      p.out, p.dout, p.lse, p.softmax_d, p.dq_accum, stat_rows, p.heads, p.seqlen_q, padded_q, m_blocks * BM);
+      p.out, p.dout, p.lse, p.softmax_d, p.dq_accum, stat_rows, p.heads, p.seqlen_q, padded_q, m_blocks * BM,
+      dq_done, pairs);
 
   BwdArgs a;
   set_problem(a, p);
@@ -792,6 +836,7 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
   a.stats_stride = stat_rows;
   a.stats_rows = padded_q;
   a.dq_accum = p.dq_accum;
+  a.dq_done = dq_done;
   a.dk = p.dk;
   a.dv = p.dv;
   const int64_t blocks = key_block_count(p);
@@ -817,9 +862,21 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
     return e;
   if (blocks > 0) kernel<<<grid, kBwdThreads, smem, stream>>>(q_map, k_map, v_map, do_map, stats_map, a);
 
-  const dim3 convert_grid(D / 64 * m_blocks, p.heads, p.batch);
-  dq_convert_kernel<kBf16, D, BM><<<convert_grid, 128, 0, stream>>>(p.dq_accum, p.dq, p.heads, p.seqlen_q,
-                                                                    p.softmax_scale);
+  // Each (batch, head) counts n_blocks * split shares (none without a launch).
+  const unsigned expected = blocks > 0 ? unsigned(a.n_blocks) * unsigned(a.split) : 0u;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(D / 64 * m_blocks, p.heads, p.batch);
+  config.blockDim = dim3(128);
+  config.stream = stream;
+  cudaLaunchAttribute dependent;
+  dependent.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  dependent.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &dependent;
+  config.numAttrs = kConvertOverlaps<D> ? 1 : 0;
+  if ((e = cudaLaunchKernelEx(&config, dq_convert_kernel<kBf16, D, BM>, static_cast<const float*>(p.dq_accum), p.dq,
+                              int(p.heads), int(p.seqlen_q), float(p.softmax_scale),
+                              static_cast<const unsigned*>(dq_done), expected)) != cudaSuccess)
+    return e;
   return cudaPeekAtLastError();
 }
 

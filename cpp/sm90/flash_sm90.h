@@ -85,10 +85,11 @@ __attribute__((weak)) bool bwd_supported(const Shape& s);
 
 // Float32 scratch the backward needs: dq_accum holds dQ in blocks of 48, 64
 // or 80 query rows, softmax_d the log-sum-exp and rowsum(dO * O) of every
-// padded row.
+// padded row (`rows` of each), then a counter per (batch, head).
 struct BwdScratch {
   int64_t dq_accum;
   int64_t row_stats;
+  int64_t rows;
 };
 inline BwdScratch bwd_scratch_elems(int64_t batch, int64_t heads, int64_t seqlen_q,
                                     int64_t head_dim) {
@@ -99,7 +100,7 @@ inline BwdScratch bwd_scratch_elems(int64_t batch, int64_t heads, int64_t seqlen
     padded = p > padded ? p : padded;
   }
   const int64_t rows = batch * heads * padded;
-  return {rows * head_dim, 2 * rows};
+  return {rows * head_dim, 2 * rows + batch * heads, rows};
 }
 
 // Scratch the backward can use on the current device, as fwd_workspace_bytes:

@@ -98,6 +98,15 @@ __device__ __forceinline__ void tma_load_3d(void* dst, const CUtensorMap* map, u
       : "memory");
 }
 
+// Programmatic dependent launch: the next kernel in the stream, if launched
+// with programmatic serialization, may start once every CTA of this one has
+// run allow_dependent_launch(); it must wait for this one's results itself.
+__device__ __forceinline__ void allow_dependent_launch() {
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+// Waits until the previous kernel has completed and its writes are visible.
+__device__ __forceinline__ void wait_previous_grid() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+
 // Stores a box from shared memory into the tensor as tma_load's; one bulk
 // group per bulk_commit(), its reads of shared memory awaited by bulk_wait_read().
 __device__ __forceinline__ void tma_store(const CUtensorMap* map, const void* src, int d, int head,

@@ -239,8 +239,9 @@ int64_t jfa_kvcache_workspace_elems(const jfa_attention_shape* shape, int num_sp
  * backwards' needs, as softmax_d always is: FlashAttention-2's dq_accum of
  * batch * heads * round128(seqlen_q) * head_dim rounded up to 32 (64 above
  * 128) and softmax_d of batch * heads * round128(seqlen_q); the Hopper one's
- * batch * heads * padded * head_dim and 2 * batch * heads * padded, padded
- * the larger of round64(seqlen_q) and round80(seqlen_q). */
+ * batch * heads * padded * head_dim and batch * heads * (2 * padded + 1),
+ * padded the largest of round48(seqlen_q), round64(seqlen_q) and
+ * round80(seqlen_q). */
 void jfa_bwd_workspace_elems(const jfa_attention_shape* shape, int num_sms,
                              int64_t* dq_accum_elems, int64_t* softmax_d_elems);
 
