@@ -81,12 +81,13 @@ def test_extension_surface(flash):
         flash.has_kernel("float32", 128)
     # FlashAttention-2's dq_accum is [batch, round128(seqlen_q), heads, round32(head_dim)] and
     # its softmax_d [batch, heads, round128(seqlen_q)]; the Hopper backward's are
-    # [batch, heads, padded, head_dim] and two [batch, heads, padded], padded the larger of
-    # round64(seqlen_q) and round80(seqlen_q) (here 160). Each is the larger of the two.
-    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72)) == (2 * 128 * 4 * 96, 2 * 2 * 4 * 160)
-    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 128)) == (2 * 4 * 160 * 128, 2 * 2 * 4 * 160)
-    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72, False, 132)) == (2 * 128 * 4 * 96, 2 * 2 * 4 * 160)
+    # [batch, heads, padded, head_dim] and two [batch, heads, padded] with a counter per
+    # (batch, head), padded the largest of round48, round64 and round80 of seqlen_q (here 160).
+    # Each is the larger of the two.
+    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72)) == (2 * 128 * 4 * 96, 2 * 4 * (2 * 160 + 1))
+    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 128)) == (2 * 4 * 160 * 128, 2 * 4 * (2 * 160 + 1))
+    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72, False, 132)) == (2 * 128 * 4 * 96, 2 * 4 * (2 * 160 + 1))
     # Deterministic (FlashAttention-2's backward only): ceil(num_sms / (batch * heads)) copies
     # of its dq_accum, at least one.
-    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72, True, 132)) == (17 * 2 * 128 * 4 * 96, 2 * 2 * 4 * 160)
-    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 128, True, 4)) == (2 * 128 * 4 * 128, 2 * 2 * 4 * 160)
+    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72, True, 132)) == (17 * 2 * 128 * 4 * 96, 2 * 4 * (2 * 160 + 1))
+    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 128, True, 4)) == (2 * 128 * 4 * 128, 2 * 4 * (2 * 160 + 1))
