@@ -76,10 +76,11 @@ constexpr bool kStatsInStage = D == 128 && BM == kBwdBlockMFull;
 
 // dq_convert_kernel is launched as a programmatic dependent of the backward
 // and converts each (batch, head) once its key blocks have counted their dQ
-// in (BwdArgs::dq_done). H100, standalone: 1-5% faster at 512-4k tokens at
-// D = 128 and 256, within the spread from 8k. At D = 64 it measured 1-2%
-// slower at 512-1k and 1% faster at 2k-8k, so there the conversion still
-// follows the backward (docs/hopper-notes.md, thirteenth session).
+// in (BwdArgs::dq_done). H100, standalone, D = 128: 0.7-3% faster at 512-4k
+// tokens unmasked, 1-5% causal, within the spread from 8k (D = 256 alike).
+// At D = 64 it measured 1-2% slower at 512-1k and 1% faster at 2k-8k, so
+// there the conversion still follows the backward (docs/hopper-notes.md,
+// thirteenth session).
 template <int D>
 constexpr bool kConvertOverlaps = D != 64;
 
