@@ -862,6 +862,8 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
       cudaSuccess)
     return e;
   if (blocks > 0) kernel<<<grid, kBwdThreads, smem, stream>>>(q_map, k_map, v_map, do_map, stats_map, a);
+  // A conversion launched after a failed launch would wait for its counters forever.
+  if ((e = cudaPeekAtLastError()) != cudaSuccess) return e;
 
   // Each (batch, head) counts n_blocks * split shares (none without a launch).
   const unsigned expected = blocks > 0 ? unsigned(a.n_blocks) * unsigned(a.split) : 0u;
