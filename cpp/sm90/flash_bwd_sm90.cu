@@ -320,7 +320,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     }
     if (kConvertOverlaps<D> && threadIdx.x == 32) {
       // This CTA's reduce-adds written (not only read) and visible before it counts.
-      asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
+      bulk_wait_written();
       __threadfence();
       atomicAdd(&a.dq_done[bh], piece < 0 ? unsigned(a.split) : 1u);
     }
@@ -876,11 +876,10 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
   dependent.val.programmaticStreamSerializationAllowed = 1;
   config.attrs = &dependent;
   config.numAttrs = kConvertOverlaps<D> ? 1 : 0;
-  if ((e = cudaLaunchKernelEx(&config, dq_convert_kernel<kBf16, D, BM>, static_cast<const float*>(p.dq_accum), p.dq,
-                              int(p.heads), int(p.seqlen_q), float(p.softmax_scale),
-                              static_cast<const unsigned*>(dq_done), expected)) != cudaSuccess)
-    return e;
-  return cudaPeekAtLastError();
+  // Earlier launches' errors were taken above; this one reports its own.
+  return cudaLaunchKernelEx(&config, dq_convert_kernel<kBf16, D, BM>, static_cast<const float*>(p.dq_accum), p.dq,
+                            int(p.heads), int(p.seqlen_q), float(p.softmax_scale),
+                            static_cast<const unsigned*>(dq_done), expected);
 }
 
 template <bool kBf16, int D>

@@ -128,6 +128,11 @@ __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.comm
 __device__ __forceinline__ void bulk_wait_read() {
   asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
 }
+// Waits until this thread's bulk groups have written global memory, and
+// orders those writes before its later generic-proxy accesses.
+__device__ __forceinline__ void bulk_wait_written() {
+  asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
+}
 
 // Four 8 x 8 matrices of 16-bit elements, each thread holding a row's pair
 // of elements of each (the accumulators' layout); lane l gives the address
