@@ -327,10 +327,13 @@ GRAD_CASES = [
     ("window-hd256", (1, 777, 777, 4, 4, 256), dict(window_size=(100, 20))),
     # Unmasked calls whose last round of key blocks would leave SMs idle cut those blocks into
     # pieces of their queries (on a 132-SM H100: 12 blocks after a whole round, in halves; 24 in
-    # quarters; 32 in halves).
+    # quarters; 32 in halves). After more whole rounds the pieces are a launch of their own (416
+    # blocks: 3 rounds, then 20 in halves).
     ("cut-last-round", (1, 3000, 1100, 16, 4, 128), dict()),
     ("cut-quarters-hd64", (1, 4100, 700, 4, 2, 64), dict()),
     ("cut-halves-hd256", (1, 2100, 500, 4, 1, 256), dict()),
+    ("cut-after-rounds", (1, 4096, 1024, 52, 4, 128), dict()),
+    ("cut-after-rounds-hd256", (1, 4096, 512, 52, 4, 256), dict()),
 ]
 
 
@@ -348,17 +351,26 @@ def test_gradients_through_the_hopper_forward(flash, rng, case, dtype, through):
         check_features(flash, rng, shape, through=through, dtype=dtype, **options)
 
 
+CUT_STEPS = [
+    # (id, shape, whether this many SMs cut the backward's last round of its key blocks)
+    # 64 query tiles and 64 key blocks, fewer than the SMs: both directions cut.
+    ("few-blocks", (1, 4096, 4096, 2, 2, 128), lambda sms: 86 <= sms <= 256),
+    # 416 key blocks: whole rounds in one launch, the last round's pieces in another.
+    ("after-whole-rounds", (1, 4096, 1024, 52, 4, 128), lambda sms: 416 // sms > 2 and 0 < 416 % sms <= sms // 2),
+]
+
+
 @requires_gpu
-def test_cut_last_rounds_run_through_jax(flash, rng):
-    """A jitted fwd+bwd of 2 heads x 4096 (64 query tiles, 64 key blocks: fewer than the SMs)
-    runs both directions' last round cut, with XLA's scratch. Only the launch counts tell:
-    uncut, the call is as correct, only slower."""
-    shape = (1, 4096, 4096, 2, 2, 128)
+@pytest.mark.parametrize("case", CUT_STEPS, ids=[c[0] for c in CUT_STEPS])
+def test_cut_last_rounds_run_through_jax(flash, rng, case):
+    """A jitted fwd+bwd runs the backward's last round cut (and for few tiles the forward's),
+    with XLA's scratch. Only the launch counts tell: uncut, the call is as correct, only slower."""
+    name, shape, cuts = case
     need_sm90(flash, jnp.bfloat16, shape)
     if not uses(ext(flash), "bfloat16", shape[:5], 128, (9, 0), backward=True):
         pytest.skip(f"this build's Hopper backward has no bfloat16/128 ({flash.build_config()})")
-    if not 86 <= flash.num_sms() <= 256:  # where cut_last_round cuts 64 items of 4096 rows
-        pytest.skip(f"64 tiles run uncut on {flash.num_sms()} SMs")
+    if not cuts(flash.num_sms()):
+        pytest.skip(f"{name}: the last round runs uncut on {flash.num_sms()} SMs")
     q, k, v = random_qkv(rng, jnp.bfloat16, *shape)
     loss = lambda q, k, v: jnp.sum(flash.flash_mha(q, k, v).astype(jnp.float32) ** 2)
     step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
@@ -367,5 +379,6 @@ def test_cut_last_rounds_run_through_jax(flash, rng):
         jax.block_until_ready(step(q, k, v))
     after = flash.launch_counts()
     delta = {key: after[key] - before[key] for key in after}
-    assert delta["fwd_cut"] >= 1 and delta["bwd_cut"] >= 1 and delta["uncut_for_scratch"] == 0, delta
-
+    assert delta["bwd_cut"] >= 1 and delta["uncut_for_scratch"] == 0, delta
+    if name == "few-blocks":
+        assert delta["fwd_cut"] >= 1, delta

@@ -101,8 +101,11 @@ struct BwdArgs {
   // pieces of their query blocks, CTAs whole + split * (block - whole) +
   // piece. A piece leaves its float32 dK and dV in `partial`; the last of a
   // block's pieces to finish (counted in `arrivals`) adds them up and writes
-  // the block's dK and dV.
-  int n_blocks, whole, split;
+  // the block's dK and dV. A call of more whole rounds than kMaxWholeRoundsCut
+  // runs them in the uncut kernel, whose CTAs from `whole` on return at once,
+  // and its pieces in a second launch of the cut kernel, numbered from
+  // cta_base = whole (else 0).
+  int n_blocks, whole, split, cta_base;
   float4* partial;
   unsigned* arrivals;
   // Per (batch, head): the shares of its key blocks whose dQ is complete in
@@ -187,6 +190,7 @@ __device__ __forceinline__ BlockPos block_pos(const BwdArgs& a) {
   }
   int cta;
   asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(cta));
+  cta += a.cta_base;
   p.cut = (cta - a.whole) / a.split;
   p.piece = cta < a.whole ? -1 : cta - a.whole - p.cut * a.split;
   const int block = cta < a.whole ? cta : a.whole + p.cut;
@@ -245,6 +249,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   uint64_t* do_full = bars + 1 + kStages;
   uint64_t* q_empty = bars + 1 + 2 * kStages;
 
+  // The key blocks a tail launch of the cut kernel takes (BwdArgs::cta_base).
+  if constexpr (!kCut && BM != kBwdBlockMMasked)
+    if (blockIdx.x + a.n_blocks * (blockIdx.y + a.heads * blockIdx.z) >= a.whole) return;
   if constexpr (kConvertOverlaps<D>) allow_dependent_launch();
   const BlockPos pos = block_pos<kCut>(a);
   const int piece = pos.piece, head = pos.head, batch = pos.batch;
@@ -324,6 +331,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       __threadfence();
       atomicAdd(&a.dq_done[bh], piece < 0 ? unsigned(a.split) : 1u);
     }
+    // A tail launch completes only after the uncut one (one thread waits), so
+    // that what waits for it sees that one's dK and dV too.
+    if (kCut && a.cta_base > 0 && blockIdx.x == 0 && threadIdx.x == 0) wait_previous_grid();
     return;
   }
 
@@ -788,18 +798,25 @@ int64_t key_block_count(const Shape& s) {
 
 // Unmasked calls cut their last round's key blocks into pieces of their
 // query blocks (cut_last_round), pieces of at least 1024 queries, as the
-// forward's pieces keep 1024 keys; but only calls of at most two whole rounds
-// before it. The cut kernel spills more than the uncut one (its decoded block
-// index; as the only kernel it cost uncut calls 1.2-1.6% at 512-2k), which
-// the cut only repays where the last round is a large part of the call: at
-// 16 heads (15 whole rounds, 68 key blocks in thirds) cut and uncut calls
-// timed alike at 4k-16k, while 64 key blocks in halves ran 1.5x faster
-// (H100, docs/hopper-notes.md, ninth session).
+// forward's pieces keep 1024 keys. The cut kernel spills more than the uncut
+// one (its decoded block index; as the only kernel it cost uncut calls
+// 1.2-1.6% at 512-2k, H100, docs/hopper-notes.md, ninth session), so it runs
+// whole blocks only in calls of at most kMaxWholeRoundsCut rounds, where the
+// last round weighs most (64 key blocks in halves: 1.5x). Longer calls run
+// their whole rounds in the uncut kernel and the pieces in a tail launch,
+// pieces of at least 2048 queries: each piece's prologue and partial dK/dV
+// (128 KB out, and the last one's 2-3x that in) cost about as much as the cut
+// saved with 1365-query thirds at 4k (d 128, 16 heads: 1% slower; 8k and 16k
+// 1.4-2% faster, H100, docs/hopper-notes.md, fourteenth session). Not at
+// D = 64, whose conversion does not overlap: its backward starts no
+// dependent early, and the tail measured 0.3-1.6% slower at every length.
 constexpr int kMaxWholeRoundsCut = 2;
 Cut plan_bwd(int blocks, int sms, const Shape& s) {
   if (has_mask(s)) return uncut(blocks);
   const Cut c = cut_last_round(blocks, sms, std::clamp(s.seqlen_q / 1024, 1, kMaxSplit));
-  return c.whole > kMaxWholeRoundsCut * sms ? uncut(blocks) : c;
+  if (c.whole <= kMaxWholeRoundsCut * sms) return c;
+  if (s.head_dim == 64) return uncut(blocks);
+  return cut_last_round(blocks, sms, std::clamp(s.seqlen_q / 2048, 1, kMaxSplit));
 }
 
 // Per piece: each consumer thread's float32 dK and dV (256 threads).
@@ -847,23 +864,42 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
   Cut cut = plan_bwd(static_cast<int>(blocks), sms, p);
   a.n_blocks = (p.seqlen_k + kBwdBlockN<D> - 1) / kBwdBlockN<D>;
   if ((e = set_cut(a, cut, bwd_cut_bytes(cut, D), p)) != cudaSuccess) return e;
+  a.cta_base = 0;
   // Masked calls are never cut (their key blocks differ in work), so the
   // 64-row kernel has no cut variant.
-  auto kernel = flash_bwd_kernel<kBf16, D, kStages, BM, false>;
-  dim3 grid(a.n_blocks, p.heads, p.batch);
-  if constexpr (BM != kBwdBlockMMasked) {
-    if (cut.split > 1) {
-      kernel = flash_bwd_kernel<kBf16, D, kStages, BM, true>;
-      grid = dim3(cut.items);
+  const auto uncut_kernel = flash_bwd_kernel<kBf16, D, kStages, BM, false>;
+  const auto cut_kernel = flash_bwd_kernel<kBf16, D, kStages, BM, BM != kBwdBlockMMasked>;
+  const bool cut_only = cut.split > 1 && cut.whole <= kMaxWholeRoundsCut * sms;
+  constexpr int smem = BwdSmem<D, kStages, BM>::kBytes;
+  for (auto kernel : {uncut_kernel, cut_kernel})
+    if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem)) != cudaSuccess)
+      return e;
+  // Launched as programmatic dependents, the pieces of a tail launch and the
+  // conversion take the SMs that the launch before them frees.
+  cudaLaunchAttribute dependent;
+  dependent.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  dependent.val.programmaticStreamSerializationAllowed = 1;
+  if (blocks > 0) {
+    if (cut_only) {
+      cut_kernel<<<cut.items, kBwdThreads, smem, stream>>>(q_map, k_map, v_map, do_map, stats_map, a);
+    } else {
+      uncut_kernel<<<dim3(a.n_blocks, p.heads, p.batch), kBwdThreads, smem, stream>>>(q_map, k_map, v_map, do_map,
+                                                                                      stats_map, a);
+      if (cut.split > 1 && (e = cudaPeekAtLastError()) == cudaSuccess) {
+        a.cta_base = cut.whole;
+        cudaLaunchConfig_t tail = {};
+        tail.gridDim = dim3(cut.items - cut.whole);
+        tail.blockDim = dim3(kBwdThreads);
+        tail.dynamicSmemBytes = smem;
+        tail.stream = stream;
+        tail.attrs = &dependent;
+        tail.numAttrs = 1;
+        e = cudaLaunchKernelEx(&tail, cut_kernel, q_map, k_map, v_map, do_map, stats_map, a);
+      }
     }
   }
-  constexpr int smem = BwdSmem<D, kStages, BM>::kBytes;
-  if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem)) !=
-      cudaSuccess)
-    return e;
-  if (blocks > 0) kernel<<<grid, kBwdThreads, smem, stream>>>(q_map, k_map, v_map, do_map, stats_map, a);
   // A conversion launched after a failed launch would wait for its counters forever.
-  if ((e = cudaPeekAtLastError()) != cudaSuccess) return e;
+  if (e != cudaSuccess || (e = cudaPeekAtLastError()) != cudaSuccess) return e;
 
   // Each (batch, head) counts n_blocks * split shares (none without a launch).
   const unsigned expected = blocks > 0 ? unsigned(a.n_blocks) * unsigned(a.split) : 0u;
@@ -871,9 +907,6 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
   config.gridDim = dim3(D / 64 * m_blocks, p.heads, p.batch);
   config.blockDim = dim3(128);
   config.stream = stream;
-  cudaLaunchAttribute dependent;
-  dependent.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  dependent.val.programmaticStreamSerializationAllowed = 1;
   config.attrs = &dependent;
   config.numAttrs = kConvertOverlaps<D> ? 1 : 0;
   // Earlier launches' errors were taken above; this one reports its own.
