@@ -811,10 +811,11 @@ int64_t key_block_count(const Shape& s) {
 // D = 64, whose conversion does not overlap: its backward starts no
 // dependent early, and the tail measured 0.3-1.6% slower at every length.
 constexpr int kMaxWholeRoundsCut = 2;
+bool cut_in_tail(const Cut& c, int sms) { return c.split > 1 && c.whole > kMaxWholeRoundsCut * sms; }
 Cut plan_bwd(int blocks, int sms, const Shape& s) {
   if (has_mask(s)) return uncut(blocks);
   const Cut c = cut_last_round(blocks, sms, std::clamp(s.seqlen_q / 1024, 1, kMaxSplit));
-  if (c.whole <= kMaxWholeRoundsCut * sms) return c;
+  if (!cut_in_tail(c, sms)) return c;
   if (s.head_dim == 64) return uncut(blocks);
   return cut_last_round(blocks, sms, std::clamp(s.seqlen_q / 2048, 1, kMaxSplit));
 }
@@ -869,7 +870,6 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
   // 64-row kernel has no cut variant.
   const auto uncut_kernel = flash_bwd_kernel<kBf16, D, kStages, BM, false>;
   const auto cut_kernel = flash_bwd_kernel<kBf16, D, kStages, BM, BM != kBwdBlockMMasked>;
-  const bool cut_only = cut.split > 1 && cut.whole <= kMaxWholeRoundsCut * sms;
   constexpr int smem = BwdSmem<D, kStages, BM>::kBytes;
   for (auto kernel : {uncut_kernel, cut_kernel})
     if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem)) != cudaSuccess)
@@ -880,7 +880,7 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
   dependent.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   dependent.val.programmaticStreamSerializationAllowed = 1;
   if (blocks > 0) {
-    if (cut_only) {
+    if (cut.split > 1 && !cut_in_tail(cut, sms)) {
       cut_kernel<<<cut.items, kBwdThreads, smem, stream>>>(q_map, k_map, v_map, do_map, stats_map, a);
     } else {
       uncut_kernel<<<dim3(a.n_blocks, p.heads, p.batch), kBwdThreads, smem, stream>>>(q_map, k_map, v_map, do_map,
