@@ -84,10 +84,11 @@ def test_extension_surface(flash):
     # [batch, heads, padded, head_dim] and two [batch, heads, padded] with a counter per
     # (batch, head), padded the largest of round48, round64 and round80 of seqlen_q (here 160).
     # Each is the larger of the two.
-    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72)) == (2 * 128 * 4 * 96, 2 * 4 * (2 * 160 + 1))
-    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 128)) == (2 * 4 * 160 * 128, 2 * 4 * (2 * 160 + 1))
-    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72, False, 132)) == (2 * 128 * 4 * 96, 2 * 4 * (2 * 160 + 1))
+    softmax_d = 2 * 4 * (2 * 160 + 1)
+    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72)) == (2 * 128 * 4 * 96, softmax_d)
+    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 128)) == (2 * 4 * 160 * 128, softmax_d)
+    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72, False, 132)) == (2 * 128 * 4 * 96, softmax_d)
     # Deterministic (FlashAttention-2's backward only): ceil(num_sms / (batch * heads)) copies
     # of its dq_accum, at least one.
-    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72, True, 132)) == (17 * 2 * 128 * 4 * 96, 2 * 4 * (2 * 160 + 1))
-    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 128, True, 4)) == (2 * 128 * 4 * 128, 2 * 4 * (2 * 160 + 1))
+    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 72, True, 132)) == (17 * 2 * 128 * 4 * 96, softmax_d)
+    assert tuple(ext.bwd_workspace_elems(2, 100, 4, 128, True, 4)) == (2 * 128 * 4 * 128, softmax_d)

@@ -81,8 +81,9 @@ constexpr bool kStatsInStage = D == 128 && BM == kBwdBlockMFull;
 // At D = 64 it measured 1-2% slower at 512-1k and 1% faster at 2k-8k, so
 // there the conversion still follows the backward (docs/hopper-notes.md,
 // thirteenth session).
+constexpr bool convert_overlaps(int head_dim) { return head_dim != 64; }
 template <int D>
-constexpr bool kConvertOverlaps = D != 64;
+constexpr bool kConvertOverlaps = convert_overlaps(D);
 
 struct BwdArgs {
   // Per (batch, head), stats_rows rows each: lse * log2(e) (+inf past
@@ -807,8 +808,8 @@ int64_t key_block_count(const Shape& s) {
 // pieces of at least 2048 queries: each piece's prologue and partial dK/dV
 // (128 KB out, and the last one's 2-3x that in) cost about as much as the cut
 // saved with 1365-query thirds at 4k (d 128, 16 heads: 1% slower; 8k and 16k
-// 1.4-2% faster, H100, docs/hopper-notes.md, fourteenth session). Not at
-// D = 64, whose conversion does not overlap: its backward starts no
+// 1.4-2% faster, H100, docs/hopper-notes.md, fourteenth session). Not where
+// the conversion does not overlap (D = 64): there the backward starts no
 // dependent early, and the tail measured 0.3-1.6% slower at every length.
 constexpr int kMaxWholeRoundsCut = 2;
 bool cut_in_tail(const Cut& c, int sms) { return c.split > 1 && c.whole > kMaxWholeRoundsCut * sms; }
@@ -816,7 +817,7 @@ Cut plan_bwd(int blocks, int sms, const Shape& s) {
   if (has_mask(s)) return uncut(blocks);
   const Cut c = cut_last_round(blocks, sms, std::clamp(s.seqlen_q / 1024, 1, kMaxSplit));
   if (!cut_in_tail(c, sms)) return c;
-  if (s.head_dim == 64) return uncut(blocks);
+  if (!convert_overlaps(s.head_dim)) return uncut(blocks);
   return cut_last_round(blocks, sms, std::clamp(s.seqlen_q / 2048, 1, kMaxSplit));
 }
 
