@@ -328,7 +328,7 @@ GRAD_CASES = [
     # Unmasked calls whose last round of key blocks would leave SMs idle cut those blocks into
     # pieces of their queries (on a 132-SM H100: 12 blocks after a whole round, in halves; 24 in
     # quarters; 32 in halves). After more whole rounds the pieces are a launch of their own (416
-    # blocks: 3 rounds, then 20 in halves).
+    # blocks: 3 rounds, then 20 in halves; in quarters at d 256).
     ("cut-last-round", (1, 3000, 1100, 16, 4, 128), dict()),
     ("cut-quarters-hd64", (1, 4100, 700, 4, 2, 64), dict()),
     ("cut-halves-hd256", (1, 2100, 500, 4, 1, 256), dict()),

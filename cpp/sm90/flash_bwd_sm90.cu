@@ -805,18 +805,20 @@ int64_t key_block_count(const Shape& s) {
 // whole blocks only in calls of at most kMaxWholeRoundsCut rounds, where the
 // last round weighs most (64 key blocks in halves: 1.5x). Longer calls run
 // their whole rounds in the uncut kernel and the pieces in a tail launch,
-// pieces of at least 2048 queries: each piece's prologue and partial dK/dV
-// (128 KB out, and the last one's 2-3x that in) cost about as much as the cut
-// saved with 1365-query thirds at 4k (d 128, 16 heads: 1% slower; 8k and 16k
-// 1.4-2% faster, H100, docs/hopper-notes.md, fourteenth session). Not where
-// the conversion does not overlap (D = 64): there the backward starts no
-// dependent early, and the tail measured 0.3-1.6% slower at every length.
+// pieces of at least 2048 queries at D = 128: each piece's prologue and
+// partial dK/dV (128 KB out, and the last one's 2-3x that in) cost about as
+// much as the cut saved with 1365-query thirds at 4k (16 heads: 0.4-1.1%
+// slower; 8k and 16k 1-2% faster). At D = 256, whose pieces do twice the
+// products per query, 1024 queries: the 4k thirds gained 2.4-3.1% there
+// (H100, docs/hopper-notes.md, fourteenth session). Not where the conversion
+// does not overlap (D = 64): there the backward starts no dependent early,
+// and the tail measured 0.3-1.6% slower at every length.
 constexpr int kMaxWholeRoundsCut = 2;
 bool cut_in_tail(const Cut& c, int sms) { return c.split > 1 && c.whole > kMaxWholeRoundsCut * sms; }
 Cut plan_bwd(int blocks, int sms, const Shape& s) {
   if (has_mask(s)) return uncut(blocks);
   const Cut c = cut_last_round(blocks, sms, std::clamp(s.seqlen_q / 1024, 1, kMaxSplit));
-  if (!cut_in_tail(c, sms)) return c;
+  if (!cut_in_tail(c, sms) || s.head_dim == 256) return c;
   if (!convert_overlaps(s.head_dim)) return uncut(blocks);
   return cut_last_round(blocks, sms, std::clamp(s.seqlen_q / 2048, 1, kMaxSplit));
 }

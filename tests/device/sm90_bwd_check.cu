@@ -247,8 +247,9 @@ int main(int argc, char** argv) {
       // halves at d 256).
       {1, 4096, 4096, 2, 2, 128, -1, -1}, {1, 3000, 1100, 16, 4, 128, -1, -1},
       {1, 4100, 700, 4, 2, 64, -1, -1},   {1, 2100, 500, 4, 1, 256, -1, -1},
-      // Three whole rounds, then 20 key blocks in halves: the rounds in the
-      // uncut kernel, the pieces in a tail launch of the cut one.
+      // Three whole rounds, then 20 key blocks in halves (d 128; quarters at
+      // d 256): the rounds in the uncut kernel, the pieces in a tail launch
+      // of the cut one.
       {1, 4096, 1024, 52, 4, 128, -1, -1}, {1, 4096, 512, 52, 4, 256, -1, -1},
   };
   // "only D": the cases of head dim D alone (for compute-sanitizer).
