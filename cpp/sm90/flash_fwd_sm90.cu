@@ -1,26 +1,26 @@
 // Hopper-native attention forward (sm_90a), our own kernel.
 //
-// A CTA computes tiles of 128 query rows of one (batch, head) against every
-// key block they can see; one CTA per SM walks the tiles (by a fixed stride,
-// or for masked calls, whose tiles differ in work, from a queue). Unmasked
-// calls cut the tiles of a last, partial round into pieces of their keys,
-// whose partial results meet in caller scratch (plan_tiles). Three
-// warpgroups:
+// A CTA computes tiles of 128 query rows (192 in d 64's unmasked kernel) of
+// one (batch, head) against every key block they can see; one CTA per SM
+// walks the tiles (by a fixed stride, or for masked calls, whose tiles differ
+// in work, from a queue). Unmasked calls cut the tiles of a last, partial
+// round into pieces of their keys, whose partial results meet in caller
+// scratch (plan_tiles). Warpgroups:
 //   producer  (warps 0-3): one thread issues TMA loads of Q per tile and of K/V
 //             blocks into a ring of shared-memory stages, completion counted
 //             by transaction bytes on mbarriers; the warpgroup gives up most
 //             of its registers (setmaxnreg) to the consumers.
-//   consumers (warps 4-11): two warpgroups, each owning 64 query rows, run
-//             S = Q K^T with wgmma from shared memory, the online softmax in
-//             registers, and O += P V with P from registers (wgmma's register
-//             A operand has the accumulator's layout, so P never touches
-//             shared memory), then send O out through shared memory by
-//             TMA stores (d 256, and unmasked calls over 4k keys, store it
-//             from registers; see launch()).
+//   consumers (warps 4-11, or 4-15): two or three warpgroups, each owning 64
+//             query rows, run S = Q K^T with wgmma from shared memory, the
+//             online softmax in registers, and O += P V with P from registers
+//             (wgmma's register A operand has the accumulator's layout, so P
+//             never touches shared memory), then send O out through shared
+//             memory by TMA stores (d 256, and unmasked calls over 4k keys,
+//             store it from registers; see launch()).
 // As FlashAttention-3 describes, a consumer issues block i's S product
 // together with block i-1's P V and runs block i's softmax while the latter
-// is in flight, and the two consumers take turns on the tensor cores, so that
-// one's softmax overlaps the other's products.
+// is in flight, and the consumers take turns on the tensor cores, so that
+// the others' softmaxes overlap one's products.
 
 #include "flash_sm90.h"
 
@@ -34,8 +34,12 @@
 namespace jfa_sm90 {
 namespace {
 
-constexpr int kBlockM = 128;  // query rows per CTA
-constexpr int kThreads = 384;  // three warpgroups
+// A tile is 64 query rows per consumer warpgroup: two (128 rows) for every
+// kernel but d 64's unmasked one over long queries, which has three, so that
+// two softmaxes run while one warpgroup's products occupy the tensor cores
+// (at d 64 the softmax takes longer than the products; see dispatch_dim).
+constexpr int block_m(int consumers) { return 64 * consumers; }
+constexpr int threads(int consumers) { return 128 * (consumers + 1); }
 
 constexpr int kMaxCtas = 256;  // of a masked call: one per SM
 
@@ -73,9 +77,9 @@ struct Args {
   unsigned* arrivals;
 };
 
-template <int D, int kBlockN, int kStages, bool kWantStoreO>
+template <int D, int kBlockN, int kStages, bool kWantStoreO, int kConsumers = 2>
 struct Smem {
-  static constexpr int kQBytes = kBlockM * D * 2;
+  static constexpr int kQBytes = block_m(kConsumers) * D * 2;
   static constexpr int kKVBytes = kBlockN * D * 2;
   static constexpr int kOOffset = kQBytes + 2 * kStages * kKVBytes;
   // O's stage (a tile, as Q's), if wanted and where it fits in the 227 KB
@@ -85,7 +89,7 @@ struct Smem {
   // q_full, q_empty, then k_full, v_full, k_empty, v_empty per stage, then
   // tile_full and tile_empty per slot of the tile ids; then a flag per
   // consumer warpgroup (a piece's last arrival).
-  static constexpr int kBytes = kBarOffset + 8 * (2 + 4 * kStages + 4) + 8 + 1024;  // + alignment slack
+  static constexpr int kBytes = kBarOffset + 8 * (2 + 4 * kStages + 4) + 4 * kConsumers + 1024;  // + alignment slack
 };
 
 // Key blocks [lo, hi) that rows [row_lo, row_hi] of a query block can see.
@@ -99,9 +103,18 @@ __device__ __forceinline__ void key_range(const Args& a, int row_lo, int row_hi,
   *hi = last <= 0 ? 0 : (last + block_n - 1) / block_n;
 }
 
-// Named barrier 3 + wg: consumer warpgroup wg's 128 threads around its O
-// stage (1 and 2 are the turns, sm90_common.cuh).
-__device__ __forceinline__ void o_stage_sync(int wg) { named_bar_sync<128>(3 + wg); }
+// Named barrier 1 + wg: consumer warpgroup wg's turn on the tensor cores,
+// passed to it by the previous one (its 128 threads and the passer's).
+__device__ __forceinline__ void turn_wait(int wg) { named_bar_sync<256>(1 + wg); }
+template <int kConsumers>
+__device__ __forceinline__ void turn_pass(int wg) {
+  named_bar_arrive<256>(kConsumers == 2 ? 2 - wg : wg == kConsumers - 1 ? 1 : wg + 2);
+}
+
+// Named barrier kConsumers + 1 + wg: consumer warpgroup wg's 128 threads
+// around its O stage.
+template <int kConsumers>
+__device__ __forceinline__ void o_stage_sync(int wg) { named_bar_sync<128>(kConsumers + 1 + wg); }
 
 // kQueue: CTAs claim tiles from a.queue, longest first in groups of
 // a.group_bh (batch, head) pairs (masked calls); else CTA c takes tiles c,
@@ -109,12 +122,14 @@ __device__ __forceinline__ void o_stage_sync(int wg) { named_bar_sync<128>(3 + w
 // kernels rather than one with a runtime switch: without the queue's code the
 // unmasked one runs 2-6% faster (H200, docs/hopper-notes.md, v8).
 // kStoreO: O leaves through shared memory, where its stage fits.
-template <bool kBf16, int D, int kBlockN, int kStages, bool kQueue, bool kStoreO>
-__global__ void __launch_bounds__(kThreads, 1)
+template <bool kBf16, int D, int kBlockN, int kStages, bool kQueue, bool kStoreO, int kConsumers>
+__global__ void __launch_bounds__(threads(kConsumers), 1)
     flash_fwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
                const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap o_map,
                const Args a) {
-  using L = Smem<D, kBlockN, kStages, kStoreO>;
+  using L = Smem<D, kBlockN, kStages, kStoreO, kConsumers>;
+  constexpr int kBlockM = block_m(kConsumers);
+  constexpr int kConsumerWarps = 4 * kConsumers;
   constexpr int kBoxes = D / kBoxCols;
   constexpr int kSAcc = kBlockN / 2;  // S accumulator floats per thread (m64 x kBlockN)
   constexpr int kOAcc = D / 2;        // O accumulator floats per thread
@@ -131,11 +146,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   unsigned char* sO = smem + L::kOOffset;
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBarOffset);
   uint64_t* q_full = bars;
-  uint64_t* q_empty = bars + 1;  // Q is free once both consumers' last S product is done
+  uint64_t* q_empty = bars + 1;  // Q is free once every consumer's last S product is done
   uint64_t* k_full = bars + 2;
   uint64_t* v_full = bars + 2 + kStages;
-  // K and V are released separately: a stage's K is free once both
-  // consumers' S products are done, a block earlier than its V.
+  // K and V are released separately: a stage's K is free once every
+  // consumer's S product is done, a block earlier than its V.
   uint64_t* k_empty = bars + 2 + 2 * kStages;
   uint64_t* v_empty = bars + 2 + 3 * kStages;
   // Masked calls: tile ids pass from the producer to the consumers through
@@ -189,16 +204,16 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   if (threadIdx.x == 0) {
     mbar_init(q_full, 1);
-    mbar_init(q_empty, 8);  // one arrival per consumer warp
+    mbar_init(q_empty, kConsumerWarps);  // one arrival per consumer warp
     for (int s = 0; s < kStages; ++s) {
       mbar_init(&k_full[s], 1);
       mbar_init(&v_full[s], 1);
-      mbar_init(&k_empty[s], 8);  // one arrival per consumer warp
-      mbar_init(&v_empty[s], 8);
+      mbar_init(&k_empty[s], kConsumerWarps);
+      mbar_init(&v_empty[s], kConsumerWarps);
     }
     for (int s = 0; kQueue && s < 2; ++s) {
       mbar_init(&tile_full[s], 1);
-      mbar_init(&tile_empty[s], 8);  // one arrival per consumer warp
+      mbar_init(&tile_empty[s], kConsumerWarps);
     }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
@@ -267,9 +282,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     return;
   }
 
-  // Consumers.
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 240;");
-  const int wg = warpgroup - 1;                 // 0 or 1: rows 64 wg .. 64 wg + 63
+  // Consumers: 240 registers each where two, 160 where three (of 64K, with
+  // the producer's 24).
+  if constexpr (kConsumers == 2)
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 240;");
+  else
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 160;");
+  const int wg = warpgroup - 1;                 // rows 64 wg .. 64 wg + 63 of the tile
   const int lane = threadIdx.x % 32;
   const int warp = (threadIdx.x / 32) % 4;      // warp within the warpgroup
   const int col_in_block = 2 * (lane % 4);      // + 8 j, + {0, 1}
@@ -380,7 +399,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     unsigned char* o_tile = sO + wg * 64 * D * 2;
     const bool leader = warp == 0 && lane == 0;
     if (leader) bulk_wait_read();
-    o_stage_sync(wg);
+    o_stage_sync<kConsumers>(wg);
     // Lane l addresses row l % 8 of matrix l / 8: rows + 8 for odd matrices,
     // the next column group for the upper two.
     const int m = lane / 8, row = warp * 16 + lane % 8 + 8 * (m % 2);
@@ -394,7 +413,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                   pack<kBf16>(o[4 * j + 6] * inv[1], o[4 * j + 7] * inv[1]));
     }
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-    o_stage_sync(wg);
+    o_stage_sync<kConsumers>(wg);
     if (leader) {
 #pragma unroll
       for (int c = 0; c < D / kBoxCols; ++c)
@@ -465,21 +484,21 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto fold_pieces = [&](const Tile& x) {
     const int tid = threadIdx.x % 128;
     constexpr int kSlot = (kOAcc / 4 + 1) * 128;  // float4s per warpgroup and piece
-    auto slot = [&](int piece) { return a.partial + (int64_t(x.slot + piece) * 2 + wg) * kSlot; };
+    auto slot = [&](int piece) { return a.partial + (int64_t(x.slot + piece) * kConsumers + wg) * kSlot; };
     float4* mine = slot(x.piece);
 #pragma unroll
     for (int i = 0; i < kOAcc / 4; ++i)
       __stcg(&mine[i * 128 + tid], make_float4(o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]));
     __stcg(&mine[kOAcc / 4 * 128 + tid], make_float4(row_max[0], row_max[1], row_sum[0], row_sum[1]));
     __threadfence();
-    o_stage_sync(wg);
-    unsigned* count = &a.arrivals[(x.slot / a.split) * 2 + wg];
+    o_stage_sync<kConsumers>(wg);
+    unsigned* count = &a.arrivals[(x.slot / a.split) * kConsumers + wg];
     if (tid == 0) {
       const bool last = atomicAdd(count, 1u) == unsigned(a.split - 1);
       if (last) *count = 0;  // for the next call that takes these counters
       last_piece[wg] = last;
     }
-    o_stage_sync(wg);
+    o_stage_sync<kConsumers>(wg);
     if (!last_piece[wg]) return false;
     __threadfence();
     for (int j = 0; j < a.split; ++j) {
@@ -510,20 +529,20 @@ __global__ void __launch_bounds__(kThreads, 1)
     return true;
   };
 
-  // The two consumers take turns issuing their products (slot t of
-  // warpgroup 0, then slot t of warpgroup 1, then slot t + 1 of warpgroup
-  // 0, ...), so that one's softmax runs while the other's products occupy the
-  // tensor cores. A tile of n blocks has n + 1 slots: slot 0 is block 0's S;
-  // slot i is block i's S with block i - 1's P V; slot n is the last P V.
-  // The turns run on across the CTA's tiles, so that neither consumer can
-  // pass twice before the other has waited; warpgroup 0 takes warpgroup 1's
-  // last pass after the last tile.
+  // The consumers take turns issuing their products (slot t of warpgroup 0,
+  // then slot t of warpgroup 1, ..., then slot t + 1 of warpgroup 0), so that
+  // the others' softmaxes run while one's products occupy the tensor cores.
+  // A tile of n blocks has n + 1 slots: slot 0 is block 0's S; slot i is
+  // block i's S with block i - 1's P V; slot n is the last P V. The turns run
+  // on across the CTA's tiles, so that no consumer can pass twice before the
+  // next has waited; warpgroup 0 takes the last one's last pass after the
+  // last tile.
   bool first_slot = true;  // of the CTA
   auto begin_turn = [&] {
     if (!(wg == 0 && first_slot)) turn_wait(wg);
     first_slot = false;
   };
-  auto end_turn = [&] { turn_pass(wg); };
+  auto end_turn = [&] { turn_pass<kConsumers>(wg); };
   // Stage of block `it` counted over the CTA's tiles, as the producer counts.
   auto stage = [](int it) { return it % kStages; };
   auto phase = [](int it) { return (it / kStages) & 1; };
@@ -613,8 +632,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 __device__ TileQueue g_tile_queues[kQueues];
 
 // Query tiles of a call: batch * heads * query blocks.
-int64_t tile_count(const Shape& s) {
-  return (int64_t(s.seqlen_q) + kBlockM - 1) / kBlockM * s.heads * s.batch;
+int64_t tile_count(const Shape& s, int block_m) {
+  return (int64_t(s.seqlen_q) + block_m - 1) / block_m * s.heads * s.batch;
 }
 
 // How an unmasked call's tiles go to `sms` persistent CTAs: the last round's
@@ -627,17 +646,24 @@ Cut plan_tiles(int tiles, int sms, const Shape& s) {
   return cut_last_round(tiles, sms, std::clamp(s.seqlen_k / 1024, 1, kMaxSplit));
 }
 
-int64_t fwd_cut_bytes(const Cut& c, int head_dim) {
+int64_t fwd_cut_bytes(const Cut& c, int head_dim, int consumers) {
   if (c.split == 1) return 0;
   // Per piece and consumer warpgroup: each thread's O accumulators and its
   // rows' m and l, as float4s.
-  return int64_t(c.items - c.whole) * 2 * (head_dim / 8 + 1) * 128 * 16;
+  return int64_t(c.items - c.whole) * consumers * (head_dim / 8 + 1) * 128 * 16;
 }
+
+// Consumer warpgroups of the kernel dispatch_dim picks for a call: three for
+// unmasked d 64 calls of 512 queries or more (H100, against two: 5% faster
+// at 512, 7% at 1k, 12-16% from 2k; docs/hopper-notes.md, fifteenth
+// session). Shorter calls would waste more of the 192-row tiles.
+int consumers(const Shape& s) { return s.head_dim == 64 && !has_mask(s) && s.seqlen_q >= 512 ? 3 : 2; }
 
 // kMaskable = false leaves out the masked kernel for tiles that dispatch_dim
 // only picks for unmasked calls (one kernel less to compile and ship).
-template <bool kBf16, int D, int kBlockN, int kStages, bool kMaskable = true>
+template <bool kBf16, int D, int kBlockN, int kStages, bool kMaskable = true, int kConsumers = 2>
 cudaError_t launch(const FwdParams& p, cudaStream_t stream) {
+  constexpr int kBlockM = block_m(kConsumers);
   if (!kMaskable && has_mask(p)) return cudaErrorNotSupported;
   CUtensorMap q_map, k_map, v_map;
   CUtensorMap o_map{};  // read only by kernels that stage O
@@ -652,7 +678,7 @@ cudaError_t launch(const FwdParams& p, cudaStream_t stream) {
   a.lse = p.lse;
 
   a.m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;
-  const int64_t tiles = tile_count(p);
+  const int64_t tiles = tile_count(p, kBlockM);
   if (tiles > INT32_MAX) return cudaErrorInvalidValue;
   // One CTA per SM walks the tiles, loading a tile's Q and first key blocks
   // while the last one finishes (H200, d 128, unmasked: +11% at seqlen 512,
@@ -666,7 +692,7 @@ cudaError_t launch(const FwdParams& p, cudaStream_t stream) {
   int sms = 0;
   if ((e = sm_count(&sms)) != cudaSuccess) return e;
   Cut cut = plan_tiles(static_cast<int>(tiles), sms, p);
-  if ((e = set_cut(a, cut, fwd_cut_bytes(cut, D), p)) != cudaSuccess) return e;
+  if ((e = set_cut(a, cut, fwd_cut_bytes(cut, D, kConsumers), p)) != cudaSuccess) return e;
   a.items = cut.items;
   int grid = std::min(cut.items, sms);
   if (grid == 0) return cudaSuccess;
@@ -682,20 +708,21 @@ cudaError_t launch(const FwdParams& p, cudaStream_t stream) {
   // keys: from 8k up the same kernel with 16-byte stores from registers ran
   // 1-6% faster (H200, interleaved; masked calls and shorter ones gain up to
   // 15% from the stage; docs/hopper-notes.md, v10).
-  constexpr bool kStage = Smem<D, kBlockN, kStages, true>::kStoreO;
+  using Staged = Smem<D, kBlockN, kStages, true, kConsumers>;
+  using Direct = Smem<D, kBlockN, kStages, false, kConsumers>;
+  constexpr bool kStage = Staged::kStoreO;
   const bool stage_o = kStage && (masked || p.seqlen_k <= 4096);
   if (stage_o && (e = make_map(&o_map, p.out, kBf16, p.batch, p.seqlen_q, p.heads, D, 64)) != cudaSuccess)
     return e;
-  auto kernel = stage_o ? flash_fwd_kernel<kBf16, D, kBlockN, kStages, false, kStage>
-                        : flash_fwd_kernel<kBf16, D, kBlockN, kStages, false, false>;
+  auto kernel = stage_o ? flash_fwd_kernel<kBf16, D, kBlockN, kStages, false, kStage, kConsumers>
+                        : flash_fwd_kernel<kBf16, D, kBlockN, kStages, false, false, kConsumers>;
   if constexpr (kMaskable)
-    if (masked) kernel = flash_fwd_kernel<kBf16, D, kBlockN, kStages, true, kStage>;
-  const int smem =
-      stage_o ? Smem<D, kBlockN, kStages, true>::kBytes : Smem<D, kBlockN, kStages, false>::kBytes;
+    if (masked) kernel = flash_fwd_kernel<kBf16, D, kBlockN, kStages, true, kStage, kConsumers>;
+  const int smem = stage_o ? Staged::kBytes : Direct::kBytes;
   if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem)) !=
       cudaSuccess)
     return e;
-  kernel<<<grid, kThreads, smem, stream>>>(q_map, k_map, v_map, o_map, a);
+  kernel<<<grid, threads(kConsumers), smem, stream>>>(q_map, k_map, v_map, o_map, a);
   return cudaPeekAtLastError();
 }
 
@@ -709,8 +736,11 @@ cudaError_t dispatch_dim(const FwdParams& p, cudaStream_t stream) {
     // blocks (f256n80) gain 6-15% unmasked from 1k (even at 512) and 3-5%
     // causal from 4k keys, but lose 2-18% causal below (their masked kernel
     // spills 60 bytes). At d 128, 176-key blocks (f128mix, no O stage: it no
-    // longer fits) gain 2-3% unmasked over 4k keys and lose below.
+    // longer fits) gain 2-3% unmasked over 4k keys and lose below. Unmasked
+    // d 64 calls take three consumer warpgroups (consumers()) with 128-key
+    // blocks (H100: 96 and 112 keys ran 2-6% slower; without turns, 5-9%).
     case 64:
+      if (consumers(p) == 3) return launch<kBf16, 64, 128, 4, false, 3>(p, stream);
       return p.seqlen_k >= 4096 ? launch<kBf16, 64, 192, 3>(p, stream)
                                 : launch<kBf16, 64, 128, 4>(p, stream);
     case 128:
@@ -735,9 +765,10 @@ bool fwd_supported(const Shape& s) { return shape_covered(s); }
 int64_t fwd_workspace_bytes(const Shape& s) {
   int sms = 0;
   if (!fwd_supported(s) || sm_count(&sms) != cudaSuccess) return 0;
-  const int64_t tiles = tile_count(s);
+  const int n = consumers(s);
+  const int64_t tiles = tile_count(s, block_m(n));
   if (tiles > INT32_MAX) return 0;
-  return fwd_cut_bytes(plan_tiles(static_cast<int>(tiles), sms, s), s.head_dim);
+  return fwd_cut_bytes(plan_tiles(static_cast<int>(tiles), sms, s), s.head_dim, n);
 }
 
 cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {

@@ -169,11 +169,6 @@ __device__ __forceinline__ void named_bar_arrive(int id) {
   asm volatile("bar.arrive %0, %1;" ::"r"(id), "n"(kThreads) : "memory");
 }
 
-// Named barriers 1 and 2 order the forward's two consumer warpgroups' turns
-// on the tensor cores.
-__device__ __forceinline__ void turn_wait(int wg) { named_bar_sync<256>(1 + wg); }
-__device__ __forceinline__ void turn_pass(int wg) { named_bar_arrive<256>(2 - wg); }
-
 // Keeps the compiler from moving accesses of an accumulator across the
 // asynchronous wgmma that owns it (it sees the asm as synchronous).
 template <int N>
@@ -393,12 +388,12 @@ cudaError_t sm_count(int* sms) {
   return cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device);
 }
 
-// Counters of the cut tiles' arrivals (two per tile: the forward counts per
-// consumer warpgroup), reset by each tile's last arrival. Calls take the
+// Counters of the cut tiles' arrivals (up to three per tile: the forward
+// counts per consumer warpgroup), reset by each tile's last arrival. Calls take the
 // entries of such pools in turn, so that calls running at once on different
 // streams use different ones (up to kQueues in flight).
 constexpr int kQueues = 64;
-using Arrivals = unsigned[2 * kMaxCutTiles];
+using Arrivals = unsigned[3 * kMaxCutTiles];
 __device__ Arrivals g_arrivals[kQueues];
 
 template <class Entry>

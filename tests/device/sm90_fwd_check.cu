@@ -2,7 +2,8 @@
 // JAX: out and lse against a float32 GPU reference on small shapes (both dtypes,
 // head dims 64/128/256, causal, windows, GQA, rows that see no key), then, with
 // any argument, CUDA-event timing on the benchmark shapes ("bench 64": every
-// length at head dim 64; "ncu": only the 16k point, for a profiler). On a GPU host:
+// length at head dim 64; "ncu": only the 16k point, for a profiler; "only D": no
+// timing, the cases of head dim D, for compute-sanitizer). On a GPU host:
 //
 //   nvcc -std=c++17 -O3 --use_fast_math --expt-relaxed-constexpr \
 //     -gencode=arch=compute_90a,code=sm_90a -I<cutlass>/include \
@@ -195,20 +196,26 @@ int main(int argc, char** argv) {
       {1, 500, 3000, 8, 2, 128, -1, -1}, {1, 1216, 1216, 16, 4, 128, -1, -1},
       {1, 300, 4500, 16, 4, 64, -1, -1}, {1, 256, 2200, 4, 4, 256, -1, -1},
       {2, 100, 2100, 4, 1, 128, -1, -1},
+      // d 64, unmasked, 512 queries or more: three consumer warpgroups (192-row tiles; a
+      // partial last tile); over 4k keys O from registers, and more tiles than SMs, then cut.
+      {1, 2100, 2100, 4, 2, 64, -1, -1}, {1, 2100, 4500, 16, 4, 64, -1, -1},
       // Masked, more tiles than SMs: CTAs claim tiles from a queue.
       {4, 1000, 1000, 16, 4, 128, -1, 0}, {2, 2048, 2048, 16, 16, 64, 256, 0},
       {8, 600, 100, 16, 16, 128, -1, 0},  {3, 900, 1200, 12, 4, 256, 300, 10},
   };
+  // "only D": the cases of head dim D alone (for compute-sanitizer).
+  const int only = argc > 2 && std::string(argv[1]) == "only" ? atoi(argv[2]) : 0;
   // Twice: the second round's masked calls reuse queues (64 of them) that
   // earlier calls reset.
   for (int round = 0; round < 2; ++round) {
     for (const Case& c : cases) {
+      if (only && c.d != only) continue;
       fails += !check<__nv_bfloat16>(true, c.b, c.sq, c.sk, c.h, c.hk, c.d, c.wl, c.wr, seed++);
       fails += !check<__half>(false, c.b, c.sq, c.sk, c.h, c.hk, c.d, c.wl, c.wr, seed++);
     }
   }
   printf("%d failures\n", fails);
-  if (argc > 1) {
+  if (argc > 1 && !only) {
     const int d = argc > 2 ? atoi(argv[2]) : 128;  // "bench 64": every length at head dim 64
     for (int seq : {512, 1024, 2048, 4096, 8192, 16384}) bench(seq, d, false);
     for (int seq : {512, 1024, 2048, 4096, 8192, 16384}) bench(seq, d, true);
