@@ -738,7 +738,8 @@ cudaError_t dispatch_dim(const FwdParams& p, cudaStream_t stream) {
     // spills 60 bytes). At d 128, 176-key blocks (f128mix, no O stage: it no
     // longer fits) gain 2-3% unmasked over 4k keys and lose below. Unmasked
     // d 64 calls take three consumer warpgroups (consumers()) with 128-key
-    // blocks (H100: 96 and 112 keys ran 2-6% slower; without turns, 5-9%).
+    // blocks (H100: 112 and 96 keys ran 1-10% and 5-16% slower; without the
+    // turns, 3-9%).
     case 64:
       if (consumers(p) == 3) return launch<kBf16, 64, 128, 4, false, 3>(p, stream);
       return p.seqlen_k >= 4096 ? launch<kBf16, 64, 192, 3>(p, stream)
