@@ -165,8 +165,9 @@ int main(int argc, char** argv) {
     for (int r = 0; r < 3; ++r) bench(atoi(argv[4]), atoi(argv[2]), false, atoi(argv[3]), atoi(argv[4]));
     return 0;
   }
-  if (argc > 2 && std::string(argv[1]) == "time") {  // "time 128": the timings alone
-    for (int seq : {512, 1024, 2048, 4096, 8192, 16384}) bench(seq, atoi(argv[2]), false);
+  if (argc > 2 && std::string(argv[1]) == "time") {  // "time 128 [causal]": the timings alone
+    const bool causal = argc > 3 && std::string(argv[3]) == "causal";
+    for (int seq : {512, 1024, 2048, 4096, 8192, 16384}) bench(seq, atoi(argv[2]), causal);
     return 0;
   }
   int fails = 0, seed = 1234;
