@@ -239,13 +239,15 @@ CASES = [
     ("cut-in-quarters", (1, 500, 4500, 8, 2), {}),
     # At d 64 unmasked calls of 512 queries or more take three consumer warpgroups (192-row
     # tiles): sq1000-sk300 and sq2048 above, and here a partial last tile, more tiles than SMs
-    # and a cut.
+    # and a cut; masked ones from 2048 queries (causal-sq2048, and here from a queue).
     ("tiles-of-192-rows", (1, 2100, 4500, 16, 4), {}),
+    ("causal-tiles-of-192-rows", (2, 2100, 2100, 16, 4), dict(is_causal=True)),
 ]
 CASES_BY_ID = {c[0]: c for c in CASES}
 # Every dtype and head dim, on the cases that exercise the most code.
 WIDE_CASES = ["sq77", "sq1000-sk300", "causal-sq1000-sk300", "window-empty-rows", "gqa-causal", "sq2048",
-              "tiles-over-sms-gqa", "sq300-sk4500", "causal-sq700-sk4500", "cut-last-round", "tiles-of-192-rows"]
+              "tiles-over-sms-gqa", "sq300-sk4500", "causal-sq700-sk4500", "cut-last-round", "tiles-of-192-rows",
+              "causal-sq2048", "causal-tiles-of-192-rows"]
 
 
 def check_both_paths(flash, rng, dtype, head_dim, case):

@@ -1,6 +1,6 @@
 // Hopper-native attention forward (sm_90a), our own kernel.
 //
-// A CTA computes tiles of 128 query rows (192 in d 64's unmasked kernel) of
+// A CTA computes tiles of 128 query rows (192 in most d 64 calls) of
 // one (batch, head) against every key block they can see; one CTA per SM
 // walks the tiles (by a fixed stride, or for masked calls, whose tiles differ
 // in work, from a queue). Unmasked calls cut the tiles of a last, partial
@@ -654,10 +654,13 @@ int64_t fwd_cut_bytes(const Cut& c, int head_dim, int consumers) {
 }
 
 // Consumer warpgroups of the kernel dispatch_dim picks for a call: three for
-// unmasked d 64 calls of 512 queries or more (H100, against two: 5% faster
-// at 512, 7% at 1k, 12-16% from 2k; docs/hopper-notes.md, fifteenth
-// session). Shorter calls would waste more of the 192-row tiles.
-int consumers(const Shape& s) { return s.head_dim == 64 && !has_mask(s) && s.seqlen_q >= 512 ? 3 : 2; }
+// d 64 calls of 512 queries or more, 2048 if masked (H100, against two:
+// unmasked 5-8% faster at 512-1k, 12-17% from 2k; causal 6-8% slower at
+// 512-1k, 6-11% faster from 2k; docs/hopper-notes.md, fifteenth session).
+// Shorter calls would waste more of the 192-row tiles.
+int consumers(const Shape& s) {
+  return s.head_dim == 64 && s.seqlen_q >= (has_mask(s) ? 2048 : 512) ? 3 : 2;
+}
 
 // kMaskable = false leaves out the masked kernel for tiles that dispatch_dim
 // only picks for unmasked calls (one kernel less to compile and ship).
@@ -736,12 +739,12 @@ cudaError_t dispatch_dim(const FwdParams& p, cudaStream_t stream) {
     // blocks (f256n80) gain 6-15% unmasked from 1k (even at 512) and 3-5%
     // causal from 4k keys, but lose 2-18% causal below (their masked kernel
     // spills 60 bytes). At d 128, 176-key blocks (f128mix, no O stage: it no
-    // longer fits) gain 2-3% unmasked over 4k keys and lose below. Unmasked
-    // d 64 calls take three consumer warpgroups (consumers()) with 128-key
+    // longer fits) gain 2-3% unmasked over 4k keys and lose below. Most d 64
+    // calls take three consumer warpgroups (consumers()) with 128-key
     // blocks (H100: 112 and 96 keys ran 1-10% and 5-16% slower; without the
     // turns, 3-9%).
     case 64:
-      if (consumers(p) == 3) return launch<kBf16, 64, 128, 4, false, 3>(p, stream);
+      if (consumers(p) == 3) return launch<kBf16, 64, 128, 4, true, 3>(p, stream);
       return p.seqlen_k >= 4096 ? launch<kBf16, 64, 192, 3>(p, stream)
                                 : launch<kBf16, 64, 128, 4>(p, stream);
     case 128:

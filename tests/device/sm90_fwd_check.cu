@@ -199,6 +199,7 @@ int main(int argc, char** argv) {
       {2, 100, 2100, 4, 1, 128, -1, -1},
       // d 64, unmasked, 512 queries or more: three consumer warpgroups (192-row tiles; a
       // partial last tile); over 4k keys O from registers, and more tiles than SMs, then cut.
+      // (Masked from 2048 queries: 4200 x 4200 above and 2048 x 2048 below, from a queue.)
       {1, 2100, 2100, 4, 2, 64, -1, -1}, {1, 2100, 4500, 16, 4, 64, -1, -1},
       // Masked, more tiles than SMs: CTAs claim tiles from a queue.
       {4, 1000, 1000, 16, 4, 128, -1, 0}, {2, 2048, 2048, 16, 16, 64, 256, 0},
