@@ -34,10 +34,10 @@
 namespace jfa_sm90 {
 namespace {
 
-// A tile is 64 query rows per consumer warpgroup: two (128 rows) for every
-// kernel but d 64's unmasked one over long queries, which has three, so that
-// two softmaxes run while one warpgroup's products occupy the tensor cores
-// (at d 64 the softmax takes longer than the products; see dispatch_dim).
+// A tile is 64 query rows per consumer warpgroup: two (128 rows), or three
+// in most d 64 calls (consumers()), so that two softmaxes run while one
+// warpgroup's products occupy the tensor cores (at d 64 the softmax takes
+// longer than the products).
 constexpr int block_m(int consumers) { return 64 * consumers; }
 constexpr int threads(int consumers) { return 128 * (consumers + 1); }
 
