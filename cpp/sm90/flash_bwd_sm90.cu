@@ -814,13 +814,14 @@ int64_t key_block_count(const Shape& s) {
 // does not overlap (D = 64): there the backward starts no dependent early,
 // and the tail measured 0.3-1.6% slower at every length.
 constexpr int kMaxWholeRoundsCut = 2;
+constexpr int tail_piece_queries(int head_dim) { return head_dim == 256 ? 1024 : 2048; }
 bool cut_in_tail(const Cut& c, int sms) { return c.split > 1 && c.whole > kMaxWholeRoundsCut * sms; }
 Cut plan_bwd(int blocks, int sms, const Shape& s) {
   if (has_mask(s)) return uncut(blocks);
   const Cut c = cut_last_round(blocks, sms, std::clamp(s.seqlen_q / 1024, 1, kMaxSplit));
-  if (!cut_in_tail(c, sms) || s.head_dim == 256) return c;
+  if (!cut_in_tail(c, sms)) return c;
   if (!convert_overlaps(s.head_dim)) return uncut(blocks);
-  return cut_last_round(blocks, sms, std::clamp(s.seqlen_q / 2048, 1, kMaxSplit));
+  return cut_last_round(blocks, sms, std::clamp(s.seqlen_q / tail_piece_queries(s.head_dim), 1, kMaxSplit));
 }
 
 // Per piece: each consumer thread's float32 dK and dV (256 threads).

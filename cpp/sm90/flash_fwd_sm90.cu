@@ -106,6 +106,8 @@ __device__ __forceinline__ void key_range(const Args& a, int row_lo, int row_hi,
 // Named barrier 1 + wg: consumer warpgroup wg's turn on the tensor cores,
 // passed to it by the previous one (its 128 threads and the passer's).
 __device__ __forceinline__ void turn_wait(int wg) { named_bar_sync<256>(1 + wg); }
+// (For two, 2 - wg is the same barrier; the general form reschedules the
+// two-consumer kernels' SASS, which was measured with this one.)
 template <int kConsumers>
 __device__ __forceinline__ void turn_pass(int wg) {
   named_bar_arrive<256>(kConsumers == 2 ? 2 - wg : wg == kConsumers - 1 ? 1 : wg + 2);
@@ -128,6 +130,8 @@ __global__ void __launch_bounds__(threads(kConsumers), 1)
                const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap o_map,
                const Args a) {
   using L = Smem<D, kBlockN, kStages, kStoreO, kConsumers>;
+  static_assert(kConsumers * kMaxCutTiles <= sizeof(Arrivals) / sizeof(unsigned),
+                "a cut tile counts arrivals per consumer warpgroup");
   constexpr int kBlockM = block_m(kConsumers);
   constexpr int kConsumerWarps = 4 * kConsumers;
   constexpr int kBoxes = D / kBoxCols;
