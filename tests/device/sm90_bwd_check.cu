@@ -201,14 +201,7 @@ void bench(int seq, bool causal, int d = 128, int h = 0, int tokens = 16384) {
   const char* uncut = getenv("JFA_UNCUT");
   if (!(uncut && *uncut == '1') && (bp.workspace_bytes = jfa_sm90::bwd_workspace_bytes(shape)))
     CK(cudaMalloc(&bp.workspace, bp.workspace_bytes));
-  for (int i = 0; i < 3; ++i) CK(jfa_sm90::run_bwd(bp, 0));
-  cudaEvent_t e0, e1; cudaEventCreate(&e0); cudaEventCreate(&e1);
-  const int iters = 10;
-  cudaEventRecord(e0);
-  for (int i = 0; i < iters; ++i) jfa_sm90::run_bwd(bp, 0);
-  cudaEventRecord(e1);
-  CK(cudaEventSynchronize(e1));
-  float ms; cudaEventElapsedTime(&ms, e0, e1); ms /= iters;
+  const float ms = time_calls([&] { return jfa_sm90::run_bwd(bp, 0); }, 10);
   double flops = 2.5 * 4.0 * b * h * double(seq) * seq * d * (causal ? 0.5 : 1.0);
   printf("bench bwd bf16 d=%d seq=%5d batch=%2d heads=%2d %s: %.4f ms, %.1f TFLOPS%s\n", d, seq, b, h,
          causal ? "causal" : "full  ", ms, flops / ms / 1e9, bp.workspace_bytes ? " (cut)" : "");

@@ -5,6 +5,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -62,4 +63,43 @@ __device__ inline void row_max_and_sum(const float* scores, int n, float* max, f
   for (int j = 0; j < n; ++j) l += m == -INFINITY ? 0.f : expf(scores[j] - m);
   *max = m;
   *sum = l;
+}
+
+// Milliseconds per call of `launch` (which enqueues one call on stream 0),
+// timed by events over calls back to back, and the host's microseconds per
+// call in *host_us. By default `iters` calls after three. JFA_BENCH_MS=N
+// first runs calls for N ms and then times as many as fill N ms, closer to
+// the benchmark tool's long samples: at d 128 the forward's 20-call default
+// timed 512-4k about 10% faster than the tool did (H100, sixteenth session),
+// likely because a short burst runs at a higher clock than the card holds
+// under sustained load at its power limit.
+template <class Launch>
+float time_calls(Launch launch, int iters, double* host_us = nullptr) {
+  for (int i = 0; i < 3; ++i) CK(launch());
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  auto timed = [&](int n) {
+    CK(cudaEventRecord(e0));
+    const auto host0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < n; ++i) launch();
+    const double host = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - host0).count();
+    CK(cudaEventRecord(e1));
+    CK(cudaEventSynchronize(e1));
+    float ms = 0.f;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    if (host_us) *host_us = host / n;
+    return ms / n;
+  };
+  const char* env = getenv("JFA_BENCH_MS");
+  const double span = env ? atof(env) : 0.0;
+  float ms = timed(iters);
+  if (span > 0) {
+    const int n = static_cast<int>(span / ms) + 1;
+    timed(n);  // the warm-up
+    ms = timed(n);
+  }
+  CK(cudaEventDestroy(e0));
+  CK(cudaEventDestroy(e1));
+  return ms;
 }

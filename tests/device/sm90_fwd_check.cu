@@ -15,7 +15,6 @@
 #include "../../cpp/sm90/flash_fwd_sm90.cu"
 #include "sm90_check_common.cuh"
 
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -138,21 +137,8 @@ void bench(int seq, int d, bool causal, int h = 16, int tokens = 16384) {
   const char* uncut = getenv("JFA_UNCUT");
   if (!(uncut && *uncut == '1') && (p.workspace_bytes = jfa_sm90::fwd_workspace_bytes(p)))
     CK(cudaMalloc(&p.workspace, p.workspace_bytes));
-  for (int i = 0; i < 3; ++i) CK(jfa_sm90::run_fwd(p, 0));
-  cudaEvent_t e0, e1;
-  cudaEventCreate(&e0); cudaEventCreate(&e1);
-  const int iters = 20;
-  cudaEventRecord(e0);
-  // The host's share: run_fwd's planning, tensor maps and launch, per call.
-  const auto host0 = std::chrono::steady_clock::now();
-  for (int i = 0; i < iters; ++i) jfa_sm90::run_fwd(p, 0);
-  const double host_us =
-      std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - host0).count() / iters;
-  cudaEventRecord(e1);
-  CK(cudaEventSynchronize(e1));
-  float ms;
-  cudaEventElapsedTime(&ms, e0, e1);
-  ms /= iters;
+  double host_us = 0;
+  const float ms = time_calls([&] { return jfa_sm90::run_fwd(p, 0); }, 20, &host_us);
   double flops = 4.0 * b * h * double(seq) * seq * d * (causal ? 0.5 : 1.0);
   printf("bench bf16 d=%d seq=%5d batch=%2d heads=%2d %s: %.4f ms, %.1f TFLOPS, host %.1f us/launch\n", d, seq,
          b, h, causal ? "causal" : "full  ", ms, flops / ms / 1e9, host_us);
