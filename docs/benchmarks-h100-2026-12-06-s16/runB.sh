@@ -5,7 +5,7 @@
 # `time 128` alternated (medians); through JAX the C++ package of the branch against the Rust
 # CI extension of main (FA3 beside), unmasked forward and fwd+bwd, samples alternating;
 # tests/test_sm90.py on the branch's package; racecheck and memcheck of the d 128 cases.
-L=$OUT/logs; mkdir -p $L; D=docs/benchmarks-h100-2026-12-06-s16
+L=$OUT/logs; mkdir -p $L; MED=docs/benchmarks-h100-2026-12-06-s15/med.py  # (a copy of it ran)
 exec 3>&1 > $L/runB.log 2>&1
 left() { t=$(($1 - SECONDS)); [ $t -gt 5 ] && echo $t || echo 1; }  # seconds to a mark of the call
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv >&3
@@ -15,7 +15,7 @@ ext() { grep bench | command sed 's/.*: *\([0-9.]*\) ms, *\([0-9.]*\) TF.*/\1/' 
 for r in 1 2 3; do for b in f_main f_cl0 f_cl; do
   echo "$b $(timeout 30 $B/$b time 128 | ext)" >> $L/time128.log
 done; done
-python3 $D/med.py $L/time128.log f_main >&3
+python3 $MED $L/time128.log f_main >&3
 python3 -m pip install --no-index --no-deps .whl/flash_attn3_jax-*.whl > $L/pip.log 2>&1
 S=$PWD/build/site; rm -rf $S; mkdir -p $S; tar xJf $B/cpp312-cl.tar.xz -C $S
 mkdir -p $S/jflash_attn; cp python/frontend/*.py python/jflash_attn/_binding.py $S/jflash_attn/
