@@ -5,7 +5,7 @@
 # stage fits). f_cl3: pairs + three stages; f_m3: three stages alone (JFA_CLUSTER=0), the
 # control; f_tc: main's kernels. Check of f_cl3, `time 128` alternated (default timing), then
 # main with JFA_BENCH_MS=300 against its default, to calibrate the standalone bench against the
-# tool's sustained samples.
+# tool's sustained samples; and the d 64 three-consumer kernel with O's stage at every length.
 L=$OUT/logs; mkdir -p $L; MED=docs/benchmarks-h100-2026-12-06-s15/med.py
 exec 3>&1 > $L/runF.log 2>&1
 B=.carry/s17; for f in $B/f_*.xz; do unxz -k -f $f; done; chmod +x $B/f_*
@@ -20,4 +20,10 @@ for r in 1 2; do
   echo "sustained $(JFA_BENCH_MS=300 timeout 60 $B/f_tc time 128 | ext)" >> $L/sustained.log
 done
 python3 $MED $L/sustained.log burst >&3
+# f_3so (runF-3wg-ostage.diff): the d 64 three-consumer kernel stages O in shared memory at every
+# length (no spills) instead of storing it from registers (68 bytes of spills) over 4k keys.
+for r in 1 2 3; do for b in f_tc f_3so; do
+  echo "$b $(timeout 30 $B/$b time 64 | ext)" >> $L/time64.log
+done; done
+python3 $MED $L/time64.log f_tc >&3
 cd $OUT && tar czf logsF.tgz logs
