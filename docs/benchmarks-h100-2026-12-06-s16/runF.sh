@@ -22,6 +22,7 @@ done
 python3 $MED $L/sustained.log burst >&3
 # f_3so (runF-3wg-ostage.diff): the d 64 three-consumer kernel stages O in shared memory at every
 # length (no spills) instead of storing it from registers (68 bytes of spills) over 4k keys.
+timeout 60 $B/f_3so only 64 > $L/check-3so.log 2>&1; echo "check 3so (d 64) rc $? $(tail -1 $L/check-3so.log)" >&3
 for r in 1 2 3; do for b in f_tc f_3so; do
   echo "$b $(timeout 30 $B/$b time 64 | ext)" >> $L/time64.log
 done; done
