@@ -2,6 +2,8 @@
 
 import importlib
 import json
+import os
+import sys
 
 import jax
 import pytest
@@ -162,3 +164,38 @@ def test_merge_takes_the_median_of_the_runs_medians(flash, tmp_path):
     assert mine["ratio_to_best_peer"] == pytest.approx(1.5)
     assert by_method[absent]["tflops"] is None and by_method[absent]["skipped"] == "not importable"
     assert "1.50x" in md.read_text() and "skipped" in md.read_text()
+
+
+FAKE_NVIDIA_SMI = """
+import sys, time
+assert "--query-gpu=clocks.sm,power.draw" in sys.argv, sys.argv
+while True:
+    print("1755, 690.50", flush=True)
+    print("[N/A], [N/A]", flush=True)  # a reading nvidia-smi cannot give: ignored
+    time.sleep(0.005)
+"""
+
+
+def test_gpu_clocks_are_nvidia_smis_readings_during_each_methods_samples(flash, monkeypatch, tmp_path):
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(f"#!{sys.executable}" + FAKE_NVIDIA_SMI)
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
+    bench = load_bench(flash)
+    run, md = tmp_path / "run.json", tmp_path / "run.md"
+    records = bench.main(TINY + ["--seqlens", "64", "--mode", "fwd", "--no-causal", "--gpu-clocks",
+                                 "--json", str(run), "--markdown", str(md)])
+    timed = [r for r in records if r["ms"]]
+    assert timed and all((r["sm_mhz"], r["power_w"]) == (1755, 690.5) for r in timed)
+    assert "SM clock (MHz) / board power (W)" in md.read_text() and "1755 / 690" in md.read_text()
+    merged = bench.main(["--merge", str(run), str(run)])
+    assert all(r["sm_mhz"] == 1755 for r in merged if r["ms"])
+
+
+def test_gpu_clocks_without_nvidia_smi_are_a_note(flash, monkeypatch, capsys):
+    bench = load_bench(flash)
+    monkeypatch.setattr(bench.shutil, "which", lambda name: None)
+    records = bench.main(TINY + ["--seqlens", "64", "--mode", "fwd", "--no-causal", "--gpu-clocks"])
+    assert "note: no clock readings: nvidia-smi is not on PATH" in capsys.readouterr().out
+    assert records and all(r["sm_mhz"] is None for r in records)
+    assert all(r["tflops"] for r in records if not r.get("skipped"))

@@ -3,7 +3,7 @@
     python -m jax_flash_attn.bench [--mode fwd|fwdbwd|both] [--causal [true|false|both]]
         [--seqlens 512,1024,...] [--total-tokens N] [--heads H] [--head-dim D]
         [--dtype bf16|fp16] [--iters N] [--methods LABEL,...]
-        [--json PATH] [--markdown PATH] [--plot PATH]
+        [--json PATH] [--markdown PATH] [--plot PATH] [--gpu-clocks]
     python -m jax_flash_attn.bench --merge RUN.json RUN.json ... [--json/--markdown/--plot PATH]
 
 (`python -m jflash_attn.bench` likewise.) Each seqlen runs batch = total_tokens //
@@ -20,14 +20,19 @@ their number. At each point the methods' samples alternate, one of each in turn
 CPU, sizes not given default to a tiny configuration so CI runs the code path
 (flash_mha then runs its pure-JAX reference). --merge times nothing: it
 combines earlier runs' --json records, per point the median of their medians
-(single points move by up to 10-30% between runs on a shared GPU).
+(single points move by up to 10-30% between runs on a shared GPU). --gpu-clocks
+also records the SM clock and board power that nvidia-smi reads while each
+method's samples run (records' sm_mhz and power_w, the medians, and a table).
 """
 
 import argparse
 import gc
 import importlib
 import json
+import shutil
 import statistics
+import subprocess
+import threading
 import time
 
 import jax
@@ -156,6 +161,49 @@ def sample_ms(step, input_sets, cotangent, calls, i):
     return (time.perf_counter() - start) * 1e3 / calls
 
 
+class GpuClocks:
+    """The first GPU's SM clock (MHz) and board power (W), read by nvidia-smi every
+    interval_ms in the background and stamped with the time of reading, so that a method's
+    readings are those taken during its samples. A card under sustained load holds a lower
+    clock at its power limit than in short bursts, and machines of one kind differ there
+    (docs/hopper-notes.md, sixteenth session); this shows it beside the times."""
+
+    QUERY = ["--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits", "--id=0"]
+
+    def __init__(self, interval_ms=50):
+        self.readings = []  # (time.perf_counter(), MHz, W)
+        self.missing = None
+        command = shutil.which("nvidia-smi")
+        if command is None:
+            self.missing = "nvidia-smi is not on PATH"
+            return
+        self._process = subprocess.Popen([command, *self.QUERY, f"--loop-ms={interval_ms}"],
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self._process.stdout:
+            try:
+                mhz, watts = (float(x) for x in line.split(","))
+            except ValueError:  # "[N/A]" and the like
+                continue
+            self.readings.append((time.perf_counter(), mhz, watts))
+
+    def during(self, windows):
+        """(median MHz, median W) of the readings inside the (start, end) windows, or None."""
+        got = [(mhz, watts) for t, mhz, watts in self.readings if any(a <= t <= b for a, b in windows)]
+        if not got:
+            return None
+        return statistics.median(m for m, _ in got), statistics.median(w for _, w in got)
+
+    def close(self):
+        if self.missing is None:
+            self._process.terminate()
+            self._process.wait()
+            self._reader.join(timeout=1)
+
+
 def make_record(method, causal, bwd, seqlen, batch, args, times=None, flops=None, skipped=None):
     record = dict(method=method, causal=causal, bwd=bwd, seqlen=seqlen, batch=batch,
                   ms=None, min_ms=None, tflops=None, max_ms=None, heads=args.heads,
@@ -172,36 +220,44 @@ def failure(e):
     return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
 
 
-def measure_point(methods, causal, bwd, input_sets, cotangent, args):
+def measure_point(methods, causal, bwd, input_sets, cotangent, args, clocks=None):
     """One point's records, one per method. The methods' samples alternate, one of each in
     turn, so that every method's median comes from the same stretch of the GPU's clock and
     power state (run one after the other, the two bindings, whose kernels are the same, differed
     by up to 3% at single points; docs/hopper-notes.md, tenth session). A method that fails
-    (OOM, unsupported shape or dtype, ...) is recorded as skipped."""
+    (OOM, unsupported shape or dtype, ...) is recorded as skipped. With clocks (a GpuClocks),
+    each timed record gets the SM clock and power read during its samples."""
     batch, seqlen = input_sets[0][0].shape[:2]
     flops = attention_flops(batch, seqlen, args.heads, args.head_dim, causal, bwd)
-    steps, times, skipped = {}, {}, {}
+    steps, times, skipped, windows = {}, {}, {}, {}
     for label, attention in methods.items():
         try:
             step = build_step(attention, causal, bwd)
             steps[label] = step, prepare(step, input_sets, cotangent, args.warmup)
-            times[label] = []
+            times[label], windows[label] = [], []
         except Exception as e:
             skipped[label] = failure(e)
             gc.collect()  # what a failed attempt left on the device
     for i in range(args.iters):
         for label, (step, calls) in list(steps.items()):
             try:
+                start = time.perf_counter()
                 times[label].append(sample_ms(step, input_sets, cotangent, calls, i))
+                windows[label].append((start, time.perf_counter()))
             except Exception as e:
                 skipped[label] = failure(e)
                 del steps[label]
                 gc.collect()
-    return [make_record(label, causal, bwd, seqlen, batch, args, skipped=skipped[label]) if label in skipped
-            else make_record(label, causal, bwd, seqlen, batch, args, times[label], flops) for label in methods]
+    records = [make_record(label, causal, bwd, seqlen, batch, args, skipped=skipped[label]) if label in skipped
+               else make_record(label, causal, bwd, seqlen, batch, args, times[label], flops) for label in methods]
+    if clocks is not None:
+        for r in records:
+            read = clocks.during(windows.get(r["method"], [])) if r["ms"] else None
+            r["sm_mhz"], r["power_w"] = read if read else (None, None)
+    return records
 
 
-def run_sweep(methods, args):
+def run_sweep(methods, args, clocks=None):
     """One record per (seqlen, causal, mode, method), printing each point's as it is measured."""
     records = []
     for seqlen in args.seqlens:
@@ -209,9 +265,11 @@ def run_sweep(methods, args):
         input_sets, cotangent = draw_inputs(jax.random.key(seqlen), shape, args.dtype, args.input_sets)
         for causal in args.causal_values:
             for bwd in args.bwd_values:
-                for r in measure_point(methods, causal, bwd, input_sets, cotangent, args):
+                for r in measure_point(methods, causal, bwd, input_sets, cotangent, args, clocks):
                     result = f"{r['ms']:9.3f} ms {r['tflops']:8.4g} TFLOPS" if r["tflops"] else \
                         f"skipped: {r['skipped']}"
+                    if r.get("sm_mhz"):
+                        result += f" {r['sm_mhz']:5.0f} MHz {r['power_w']:4.0f} W"
                     print(f"  {panel_name(causal, bwd):19} seqlen {seqlen:6} {r['method']:20} {result}", flush=True)
                     records.append(r)
                 gc.collect()
@@ -241,6 +299,10 @@ def merge_runs(runs):
                                     record["causal"], record["bwd"])
             record.update(ms=ms, min_ms=min(r["min_ms"] for r in timed),
                           max_ms=max(r["max_ms"] for r in timed), tflops=flops / ms / 1e9)
+            for key in ("sm_mhz", "power_w"):
+                read = [r[key] for r in timed if r.get(key)]
+                if key in record:
+                    record[key] = statistics.median(read) if read else None
         merged.append(record)
     add_peer_ratios(merged)
     return merged
@@ -279,16 +341,32 @@ def format_cell(record):
     return cell + (f" {record['ratio_to_best_peer']:.2f}x" if record["ratio_to_best_peer"] else "")
 
 
+def format_clock_cell(record):
+    if not record or not record.get("sm_mhz"):
+        return "-"
+    return f"{record['sm_mhz']:.0f} / {record['power_w']:.0f}"
+
+
 def format_tables(records, markdown=False):
-    """Per (mode, causal): one row per seqlen, one column per method, cells 'TFLOPS (ms)'."""
+    """Per (mode, causal): one row per seqlen, one column per method, cells 'TFLOPS (ms)';
+    where the records have clock readings (--gpu-clocks), a table of them follows."""
+    tables = format_panels(records, markdown, "TFLOPS (median ms); Nx: ours / best peer", format_cell)
+    if any(r.get("sm_mhz") for r in records):
+        tables += "\n" + format_panels(records, markdown, "SM clock (MHz) / board power (W) while sampling, "
+                                       "medians", format_clock_cell)
+    return tables
+
+
+def format_panels(records, markdown, what, cell):
+    """Per (mode, causal): one row per seqlen, one column per method, cell(record) in each."""
     out = []
     for causal, bwd, rows in panels(records):
         labels = list(dict.fromkeys(r["method"] for r in rows))
         points = list(dict.fromkeys((r["seqlen"], r["batch"]) for r in rows))
         cells = {(r["seqlen"], r["method"]): r for r in rows}
         table = [["seqlen x batch"] + labels] + [
-            [f"{s} x {b}"] + [format_cell(cells.get((s, label))) for label in labels] for s, b in points]
-        title = f"{panel_name(causal, bwd)}: TFLOPS (median ms); Nx: ours / best peer"
+            [f"{s} x {b}"] + [cell(cells.get((s, label))) for label in labels] for s, b in points]
+        title = f"{panel_name(causal, bwd)}: {what}"
         if markdown:
             out += [f"### {title}", "", "| " + " | ".join(table[0]) + " |",
                     "|" + "---|" * len(table[0])] + ["| " + " | ".join(row) + " |" for row in table[1:]]
@@ -351,6 +429,8 @@ def parse_args(argv=None):
     p.add_argument("--json", help="write all records here")
     p.add_argument("--markdown", help="write the tables here as Markdown")
     p.add_argument("--plot", help="write a PNG of TFLOPS vs seqlen here (needs matplotlib)")
+    p.add_argument("--gpu-clocks", action="store_true",
+                   help="record the SM clock and board power nvidia-smi reads during each method's samples")
     args = p.parse_args(argv)
     for name, value in (TINY_SIZES if jax.default_backend() == "cpu" else FULL_SIZES).items():
         if getattr(args, name) is None:
@@ -391,7 +471,14 @@ def main(argv=None):
     for label, why in missing.items():
         print(f"note: not running {label}: {why}")
     print(describe(args), flush=True)
-    records = run_sweep(methods, args)
+    clocks = GpuClocks() if args.gpu_clocks else None
+    if clocks and clocks.missing:
+        print(f"note: no clock readings: {clocks.missing}")
+    try:
+        records = run_sweep(methods, args, clocks)
+    finally:
+        if clocks:
+            clocks.close()
     print("\n" + format_tables(records))
     return write_outputs(records, args, describe(args))
 
