@@ -164,9 +164,9 @@ def sample_ms(step, input_sets, cotangent, calls, i):
 class GpuClocks:
     """The first GPU's SM clock (MHz) and board power (W), read by nvidia-smi every
     interval_ms in the background and stamped with the time of reading, so that a method's
-    readings are those taken during its samples. A card under sustained load holds a lower
-    clock at its power limit than in short bursts, and machines of one kind differ there
-    (docs/hopper-notes.md, sixteenth session); this shows it beside the times."""
+    readings are those taken during its samples: whether a card under sustained load runs at
+    a lower clock (its power limit) than short bursts of calls get, and how machines of one
+    kind differ there, then shows beside the times (docs/hopper-notes.md, sixteenth session)."""
 
     QUERY = ["--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits", "--id=0"]
 
