@@ -71,8 +71,9 @@ __device__ inline void row_max_and_sum(const float* scores, int n, float* max, f
 // first runs calls for N ms and then times as many as fill N ms, closer to
 // the benchmark tool's long samples: at d 128 the forward's 20-call default
 // timed 512-4k about 10% faster than the tool did (H100, sixteenth session),
-// likely because a short burst runs at a higher clock than the card holds
-// under sustained load at its power limit.
+// and JFA_BENCH_MS=300 read +10 / +13 / +15 / +11 / +7 / +1% time at 512-16k
+// against it (seventeenth session): a short burst likely runs at a higher
+// clock than the card holds under sustained load at its power limit.
 template <class Launch>
 float time_calls(Launch launch, int iters, double* host_us = nullptr) {
   for (int i = 0; i < 3; ++i) CK(launch());
