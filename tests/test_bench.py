@@ -185,11 +185,27 @@ def test_gpu_clocks_are_nvidia_smis_readings_during_each_methods_samples(flash, 
     run, md = tmp_path / "run.json", tmp_path / "run.md"
     records = bench.main(TINY + ["--seqlens", "64", "--mode", "fwd", "--no-causal", "--gpu-clocks",
                                  "--json", str(run), "--markdown", str(md)])
-    timed = [r for r in records if r["ms"]]
-    assert timed and all((r["sm_mhz"], r["power_w"]) == (1755, 690.5) for r in timed)
+    # The reader thread stamps a line when it gets the interpreter: on a loaded machine a
+    # method's few short samples can pass without one (the eighteenth session's GPU suite,
+    # eight workers: jax-nn-xla's 3 x 20 ms), and the tool then shows "-". So some readings
+    # must come, and every one must be the stand-in's; which readings fall in which window
+    # is the next test's.
+    read = [(r["sm_mhz"], r["power_w"]) for r in records if r["ms"] and r["sm_mhz"] is not None]
+    assert read and all(x == (1755, 690.5) for x in read)
     assert "SM clock (MHz) / board power (W)" in md.read_text() and "1755 / 690" in md.read_text()
     merged = bench.main(["--merge", str(run), str(run)])
-    assert all(r["sm_mhz"] == 1755 for r in merged if r["ms"])
+    assert any(r["sm_mhz"] for r in merged) and all(r["sm_mhz"] in (None, 1755) for r in merged if r["ms"])
+
+
+def test_gpu_clocks_are_the_medians_of_the_readings_inside_the_windows(flash, monkeypatch):
+    bench = load_bench(flash)
+    monkeypatch.setattr(bench.shutil, "which", lambda name: None)
+    clocks = bench.GpuClocks()
+    clocks.readings = [(0.5, 1000.0, 100.0), (1.0, 1500.0, 500.0), (2.5, 1600.0, 650.0),
+                       (3.5, 1700.0, 700.0), (4.0, 1900.0, 600.0), (9.0, 1980.0, 300.0)]
+    assert clocks.during([(1.0, 2.0), (3.0, 4.0)]) == (1700.0, 600.0)  # ends included
+    assert clocks.during([(2.0, 3.0)]) == (1600.0, 650.0)
+    assert clocks.during([(5.0, 8.0)]) is None and clocks.during([]) is None
 
 
 def test_gpu_clocks_without_nvidia_smi_are_a_note(flash, monkeypatch, capsys):
