@@ -1,9 +1,11 @@
 """The benchmark (`python -m <package>.bench`) in its tiny configuration, on any machine."""
 
+import datetime
 import importlib
 import json
 import os
 import sys
+import time
 
 import jax
 import pytest
@@ -168,11 +170,13 @@ def test_merge_takes_the_median_of_the_runs_medians(flash, tmp_path):
 
 FAKE_NVIDIA_SMI = """
 import sys, time
-assert "--query-gpu=clocks.sm,power.draw" in sys.argv, sys.argv
+assert "--query-gpu=timestamp,clocks.sm,power.draw" in sys.argv, sys.argv
 while True:
-    print("1755, 690.50", flush=True)
-    print("[N/A], [N/A]", flush=True)  # a reading nvidia-smi cannot give: ignored
-    time.sleep(0.005)
+    now = time.time()
+    stamp = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
+    print(f"{stamp}, 1755, 690.50", flush=True)
+    print(f"{stamp}, [N/A], [N/A]", flush=True)  # a reading nvidia-smi cannot give: ignored
+    time.sleep(0.001)
 """
 
 
@@ -185,16 +189,24 @@ def test_gpu_clocks_are_nvidia_smis_readings_during_each_methods_samples(flash, 
     run, md = tmp_path / "run.json", tmp_path / "run.md"
     records = bench.main(TINY + ["--seqlens", "64", "--mode", "fwd", "--no-causal", "--gpu-clocks",
                                  "--json", str(run), "--markdown", str(md)])
-    # The reader thread stamps a line when it gets the interpreter: on a loaded machine a
-    # method's few short samples can pass without one (the eighteenth session's GPU suite,
-    # eight workers: jax-nn-xla's 3 x 20 ms), and the tool then shows "-". So some readings
-    # must come, and every one must be the stand-in's; which readings fall in which window
-    # is the next test's.
-    read = [(r["sm_mhz"], r["power_w"]) for r in records if r["ms"] and r["sm_mhz"] is not None]
-    assert read and all(x == (1755, 690.5) for x in read)
+    # Readings carry the stand-in's timestamps, so a busy interpreter cannot move them out
+    # of the windows they were taken in: every timed method has some, all the stand-in's.
+    timed = [r for r in records if r["ms"]]
+    assert timed and all((r["sm_mhz"], r["power_w"]) == (1755, 690.5) for r in timed)
     assert "SM clock (MHz) / board power (W)" in md.read_text() and "1755 / 690" in md.read_text()
     merged = bench.main(["--merge", str(run), str(run)])
-    assert any(r["sm_mhz"] for r in merged) and all(r["sm_mhz"] in (None, 1755) for r in merged if r["ms"])
+    assert all(r["sm_mhz"] == 1755 for r in merged if r["ms"])
+
+
+def test_gpu_clocks_take_each_readings_time_from_nvidia_smi(flash):
+    bench = load_bench(flash)
+    line = "2026/12/06 21:16:36.632, 1545, 689.91\n"  # as the H100's nvidia-smi printed it
+    taken, mhz, watts = bench.GpuClocks.parse(line)
+    wall = datetime.datetime(2026, 12, 6, 21, 16, 36, 632000).timestamp()
+    assert taken == pytest.approx(wall - (time.time() - time.perf_counter()), abs=1e-3)
+    assert (mhz, watts) == (1545.0, 689.91)
+    for bad in ["2026/12/06 21:16:36.632, [N/A], [N/A]", "1545, 689.91", "", "[N/A], 1545, 689.91"]:
+        assert bench.GpuClocks.parse(bad) is None, bad
 
 
 def test_gpu_clocks_are_the_medians_of_the_readings_inside_the_windows(flash, monkeypatch):

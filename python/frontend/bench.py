@@ -26,6 +26,7 @@ method's samples run (records' sm_mhz and power_w, the medians, and a table).
 """
 
 import argparse
+import datetime
 import gc
 import importlib
 import json
@@ -163,12 +164,15 @@ def sample_ms(step, input_sets, cotangent, calls, i):
 
 class GpuClocks:
     """The first GPU's SM clock (MHz) and board power (W), read by nvidia-smi every
-    interval_ms in the background and stamped with the time of reading, so that a method's
-    readings are those taken during its samples: whether a card under sustained load runs at
-    a lower clock (its power limit) than short bursts of calls get, and how machines of one
-    kind differ there, then shows beside the times (docs/hopper-notes.md, sixteenth session)."""
+    interval_ms in the background, so that a method's readings are those taken during its
+    samples: whether a card under sustained load runs at a lower clock (its power limit) than
+    short bursts of calls get, and how machines of one kind differ there, then shows beside
+    the times (docs/hopper-notes.md, sixteenth session). Each reading carries nvidia-smi's own
+    timestamp: stamped when the reader thread got the interpreter instead, a busy interpreter
+    moved readings out of the windows they were taken in (the eighteenth session's suite)."""
 
-    QUERY = ["--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits", "--id=0"]
+    QUERY = ["--query-gpu=timestamp,clocks.sm,power.draw", "--format=csv,noheader,nounits", "--id=0"]
+    STAMP = "%Y/%m/%d %H:%M:%S.%f"  # local time, to the millisecond: "2026/12/06 21:16:36.632"
 
     def __init__(self, interval_ms=50):
         self.readings = []  # (time.perf_counter(), MHz, W)
@@ -184,11 +188,20 @@ class GpuClocks:
 
     def _read(self):
         for line in self._process.stdout:
-            try:
-                mhz, watts = (float(x) for x in line.split(","))
-            except ValueError:  # "[N/A]" and the like
-                continue
-            self.readings.append((time.perf_counter(), mhz, watts))
+            reading = self.parse(line)
+            if reading:
+                self.readings.append(reading)
+
+    @classmethod
+    def parse(cls, line):
+        """(time.perf_counter() at the reading, MHz, W) of one line, or None ("[N/A]" and the like)."""
+        try:
+            stamp, mhz, watts = (x.strip() for x in line.split(","))
+            taken = datetime.datetime.strptime(stamp, cls.STAMP).timestamp()
+            mhz, watts = float(mhz), float(watts)
+        except ValueError:
+            return None
+        return taken - (time.time() - time.perf_counter()), mhz, watts
 
     def during(self, windows):
         """(median MHz, median W) of the readings inside the (start, end) windows, or None."""
