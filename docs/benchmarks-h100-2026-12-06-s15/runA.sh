@@ -18,7 +18,7 @@ for r in 1 2 3 4 5 6; do
   o=$(echo $all | tr ' ' '\n' | awk -v r=$r '{a[NR]=$0} END {for (i=0;i<NR;i++) print a[(i+r)%NR+1]}')
   for b in $o; do echo "$b $(timeout 60 $B/$b time 64 | ext)"; done
 done > $L/time64.log
-python3 $D/med.py $L/time64.log f_main >&3
+python3 tests/device/median_times.py $L/time64.log f_main >&3
 grep -h "FAIL\|mismatch" $L/check-*.log | head -20 >&3
 S=$PWD/build/site; rm -rf $S; mkdir -p $S; tar xJf $B/cpp312-w3.tar.xz -C $S
 mkdir -p $S/jflash_attn; cp python/frontend/*.py python/jflash_attn/_binding.py $S/jflash_attn/

@@ -25,7 +25,7 @@ for r in 1 2 3; do for b in f_main f_final f_c3; do
   echo "$b $(timeout 30 $B/$b time 64 | ext)" >> $L/time64.log
   echo "$b $(timeout 30 $B/$b time 64 causal | ext)" >> $L/time64c.log
 done; done
-python3 $D/med.py $L/time64.log f_main >&3; python3 $D/med.py $L/time64c.log f_main >&3
+python3 tests/device/median_times.py $L/time64.log f_main >&3; python3 tests/device/median_times.py $L/time64c.log f_main >&3
 left() { t=$(($1 - SECONDS)); [ $t -gt 5 ] && echo $t || echo 1; }  # seconds to a mark of the call
 timeout $(left 330) python3 -m jax_flash_attn.bench --head-dim 64 --methods jax_flash_attn-cpp,jax-nn-cudnn,fa3-jax --json $L/d64-B.json --markdown $L/d64-B.md > $L/d64-B.log 2>&1
 cat $L/d64-B.md >&3

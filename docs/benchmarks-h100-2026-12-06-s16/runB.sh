@@ -5,7 +5,7 @@
 # `time 128` alternated (medians); through JAX the C++ package of the branch against the Rust
 # CI extension of main (FA3 beside), unmasked forward and fwd+bwd, samples alternating;
 # tests/test_sm90.py on the branch's package; racecheck and memcheck of the d 128 cases.
-L=$OUT/logs; mkdir -p $L; MED=docs/benchmarks-h100-2026-12-06-s15/med.py  # (a copy of it ran)
+L=$OUT/logs; mkdir -p $L; MED=tests/device/median_times.py  # (a copy of it ran)
 exec 3>&1 > $L/runB.log 2>&1
 left() { t=$(($1 - SECONDS)); [ $t -gt 5 ] && echo $t || echo 1; }  # seconds to a mark of the call
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv >&3

@@ -6,7 +6,7 @@
 # control; f_tc: main's kernels. Check of f_cl3, `time 128` alternated (default timing), then
 # main with JFA_BENCH_MS=300 against its default, to calibrate the standalone bench against the
 # tool's sustained samples; and the d 64 three-consumer kernel with O's stage at every length.
-L=$OUT/logs; mkdir -p $L; MED=docs/benchmarks-h100-2026-12-06-s15/med.py
+L=$OUT/logs; mkdir -p $L; MED=tests/device/median_times.py
 exec 3>&1 > $L/runF.log 2>&1
 B=.carry/s17; for f in $B/f_*.xz; do unxz -k -f $f; done; chmod +x $B/f_*
 timeout 100 $B/f_cl3 > $L/check-cl3.log 2>&1; echo "check cl3 rc $? $(head -1 $L/check-cl3.log) $(grep -c FAIL $L/check-cl3.log) FAIL, $(tail -1 $L/check-cl3.log)" >&3

@@ -7,7 +7,7 @@
 # evict_last policy, as FA3 does; =2: also K and V with evict_first). b_tc: main's kernels.
 # Check + full bench (unmasked and causal) once each, then `time 128` alternated three rounds,
 # default bursts and sustained (JFA_BENCH_MS=300, the power-limited state of the tool's samples).
-L=$OUT/logs; mkdir -p $L; MED=docs/benchmarks-h100-2026-12-06-s15/med.py
+L=$OUT/logs; mkdir -p $L; MED=tests/device/median_times.py
 exec 3>&1 > $L/runA.log 2>&1
 nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv,noheader >&3
 B=.carry/s19; for f in $B/b_*.xz; do unxz -k -f $f; done; chmod +x $B/b_*

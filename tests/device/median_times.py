@@ -1,4 +1,4 @@
-# med.py LOG [BASE]: per binary, the median time (ms) of each point over rounds of "NAME t1 t2 ..." lines,
+# median_times.py LOG [BASE]: per binary, the median time (ms) of each point over rounds of "NAME t1 t2 ..." lines,
 # and the change against BASE in percent.
 import collections, statistics, sys
 rows = collections.defaultdict(list)
