@@ -5,6 +5,7 @@
 # extension built with FlashAttention-2 at d 64, 128 and 256 too (`bazel build
 # --//cpp:head_dims=64,128,256 --//cpp:splitkv=false //python:wheels`), which the front end
 # needs beside the Hopper kernels. --gpu-clocks: each method's SM clock and power while sampling.
+# Run again in the nineteenth session (its call 2, unchanged): logs in ../benchmarks-h100-2026-12-06-s19/call2-*.
 L=$OUT/logs; mkdir -p $L
 exec 3>&1 > $L/runC.log 2>&1
 left() { t=$(($1 - SECONDS)); [ $t -gt 5 ] && echo $t || echo 1; }  # seconds to a mark of the call
