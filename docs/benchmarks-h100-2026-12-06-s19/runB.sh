@@ -1,0 +1,4 @@
+#!/bin/bash
+# Call B (nineteenth session, given inline to the device tool; carry [".carry/s15", ".whl"]):
+# the 16k points at d 128 three times with FA3 beside, merged (per point the median of the runs).
+L=$OUT/logs; mkdir -p $L; python3 -m pip install --no-index --no-deps .whl/flash_attn3_jax-*.whl > $L/pip.log 2>&1; S=$PWD/build/site; rm -rf $S; mkdir -p $S; tar xJf .carry/s15/cpp312-final3.tar.xz -C $S; cp python/frontend/*.py $S/jax_flash_attn/; export PYTHONPATH=$S; for r in 1 2 3; do timeout 75 python3 -m jax_flash_attn.bench --gpu-clocks --head-dim 128 --seqlens 16384 --methods jax_flash_attn-cpp,jax-nn-cudnn,fa3-jax --json $L/d128-16k-$r.json > $L/d128-16k-$r.log 2>&1; done; python3 -m jax_flash_attn.bench --merge $L/d128-16k-*.json --markdown $L/d128-16k-merged.md --json $L/d128-16k-merged.json > $L/merge.log 2>&1; cat $L/d128-16k-merged.md
