@@ -200,7 +200,7 @@ def test_gpu_clocks_are_nvidia_smis_readings_during_each_methods_samples(flash, 
 
 def test_gpu_clocks_take_each_readings_time_from_nvidia_smi(flash):
     bench = load_bench(flash)
-    line = "2026/12/06 21:16:36.632, 1545, 689.91\n"  # as the H100's nvidia-smi printed it
+    line = "2026/12/06 21:16:36.632, 1545, 689.91\n"  # the format of the H100's nvidia-smi
     taken, mhz, watts = bench.GpuClocks.parse(line)
     wall = datetime.datetime(2026, 12, 6, 21, 16, 36, 632000).timestamp()
     assert taken == pytest.approx(wall - (time.time() - time.perf_counter()), abs=1e-3)
