@@ -7,8 +7,7 @@
 # power-limited state the benchmark tool's samples measure; docs/hopper-notes.md, seventeenth
 # session). Prints each build's check result and the medians against BASE.
 L=$1; base=$2; shift 2; mkdir -p $L
-names=()
-for b in "$@"; do unxz -k -f $b.xz && chmod +x $b; names+=("$(basename $b)"); done
+for b in "$@"; do unxz -k -f $b.xz && chmod +x $b; done
 ext() { grep bench | sed 's/.*: *\([0-9.]*\) ms, *\([0-9.]*\) TF.*/\1/' | tr '\n' ' '; }
 for b in "$@"; do
   n=$(basename $b)
