@@ -1,6 +1,7 @@
 #!/bin/bash
 # ab_standalone.sh LOGS BASE BIN... (on the device, from the repository root): A/B of standalone
-# backward check builds (sm90_bwd_check.cu, xz-compressed in the carried folder of each BIN path).
+# check builds, all of sm90_fwd_check.cu or all of sm90_bwd_check.cu (both take `bench` and
+# `time D` and print the same bench lines), xz-compressed in the carried folder of each BIN path.
 # Each build runs its check cases and full bench once (bench-NAME.log; its causal lines, one run,
 # go to causal.log), then `time D` (D = $HEAD_DIM, default 128) alternates over the builds for
 # three rounds, in 20-call bursts (time.log) and sustained (JFA_BENCH_MS=300, sustained.log: the
