@@ -7,14 +7,15 @@
 # reasons every 100 ms; `nvidia-smi -q -d PERFORMANCE` is read mid-run. Logs tarred (the tool
 # returns at most 8 files).
 L=$OUT/logs; mkdir -p $L; C=.carry/s22; F=.carry/s16
-for b in $C/b_main $C/b_mc $F/f_main; do unxz -k -f $b.xz && chmod +x $b; done
+B=${BUILDS:-$C/b_main $C/b_mc $F/f_main}  # BUILDS=...: fewer
+for b in $B; do unxz -k -f $b.xz && chmod +x $b; done
 Q=timestamp,clocks.sm,clocks.mem,power.draw,enforced.power.limit,temperature.gpu,temperature.memory
 R=clocks_event_reasons.active,clocks_event_reasons.sw_power_cap,clocks_event_reasons.hw_slowdown,clocks_event_reasons.hw_thermal_slowdown,clocks_event_reasons.hw_power_brake_slowdown,clocks_event_reasons.sw_thermal_slowdown
 nvidia-smi --query-gpu=$Q,$R --format=csv > $L/smi-fields.log 2>&1 || R=clocks_throttle_reasons.active
-for b in $C/b_main $C/b_mc $F/f_main; do
+for b in $B; do
   n=$(basename $b)
   nvidia-smi --query-gpu=$Q,$R --format=csv,noheader,nounits -lms 100 > $L/smi-$n.log 2>&1 & S=$!
-  sleep 1; JFA_BENCH_MS=4000 timeout 90 $b few 128 16 16384 > $L/time-$n.log 2>&1 & P=$!
+  sleep 1; JFA_BENCH_MS=${MS:-4000} timeout 90 $b few 128 16 16384 > $L/time-$n.log 2>&1 & P=$!
   sleep 12; nvidia-smi -q -d PERFORMANCE > $L/perf-$n.log 2>&1
   wait $P; kill $S; sleep 5
   echo "== $n"; grep bench $L/time-$n.log
