@@ -340,6 +340,10 @@ GRAD_CASES = [
     ("cut-halves-hd256", (1, 2100, 500, 4, 1, 256), dict()),
     ("cut-after-rounds", (1, 4096, 1024, 52, 4, 128), dict()),
     ("cut-after-rounds-hd256", (1, 4096, 512, 52, 4, 256), dict()),
+    # Uncut and unmasked over several rounds at d 128 from 1024 queries: each CTA of the
+    # persistent backward walks 9 or 10 of the 1280 key blocks (GQA, partial last key and query
+    # blocks).
+    ("persistent-rounds", (2, 1100, 2000, 40, 8, 128), dict()),
 ]
 
 

@@ -32,7 +32,8 @@
 // on the way) and convert dQ, the conversion on the SMs the backward's last
 // round leaves idle (kConvertOverlaps). Unmasked calls cut the key blocks of
 // a last, partial round into pieces of their query blocks, whose dK and dV
-// meet in caller scratch (launch_bwd).
+// meet in caller scratch (launch_bwd). At head dim 128, unmasked calls of
+// 1024 queries or more run their whole key blocks persistently (kPersist).
 
 #include "flash_sm90.h"
 
@@ -136,8 +137,8 @@ struct BwdSmem {
   static constexpr int kStats = kDq + 2 * kDqStageBytes;
   static_assert(kStats % 128 == 0, "tensor copies' alignment");
   static constexpr int kBars = kStats + (kStatsInStage<D, BM> ? kStages : (D == 128 ? 1 : 2) * 3) * kStatBytes;
-  // kv_full, then q_full, do_full, q_empty per stage.
-  static constexpr int kBytes = kBars + 8 * (1 + 3 * kStages) + 1024;  // + alignment slack
+  // kv_full, then q_full, do_full, q_empty per stage, then kv_empty.
+  static constexpr int kBytes = kBars + 8 * (2 + 3 * kStages) + 1024;  // + alignment slack
   static_assert(kBytes <= 227 * 1024, "shared memory");
   // One CTA per SM, which the last round's cut counts on (cut_last_round).
   static_assert(2 * kBytes > 228 * 1024, "one CTA per SM");
@@ -202,10 +203,26 @@ __device__ __forceinline__ BlockPos block_pos(const BwdArgs& a) {
   return p;
 }
 
+// kPersist: the uncut 80-row kernel in a 1-D grid of at most one CTA per SM,
+// CTA c taking key blocks c, c + gridDim.x, ... below BwdArgs::whole, so that
+// one block's dK/dV epilogue overlaps the next one's K/V load, and no CTA is
+// launched and set up per block. Its blocks are unmasked, so every walk has
+// the same length, which the dQ warp's handoff counts on. Used at D = 128 for
+// walks of kPersistMinQueries or more: H100, through JAX, fwd+bwd +1.0-1.5%
+// from 1k to 16k, but 1.2-1.3% slower at 512, and 1-2% slower at every
+// length at D = 64 (docs/hopper-notes.md, twenty-second session).
+template <int D, int BM>
+constexpr bool kPersistentBwd = D == 128 && BM == kBwdBlockMFull;
+constexpr int kPersistMinQueries = 1024;
+__device__ __forceinline__ BlockPos persistent_pos(const BwdArgs& a, int block) {
+  const int bh = block / a.n_blocks;
+  return BlockPos{block - bh * a.n_blocks, bh % a.heads, bh / a.heads, -1, 0};
+}
+
 // kCut: the launch cuts its last round's key blocks into pieces (see
 // BwdArgs). A kernel of its own: one kernel with the cut's code ran uncut
 // calls 1.2-1.6% slower at 512-2k (H100, docs/hopper-notes.md, ninth session).
-template <bool kBf16, int D, int kStages, int BM, bool kCut>
+template <bool kBf16, int D, int kStages, int BM, bool kCut, bool kPersist = false>
 __global__ void __launch_bounds__(kBwdThreads, 1)
     flash_bwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
                const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap do_map,
@@ -250,87 +267,117 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   uint64_t* do_full = bars + 1 + kStages;
   uint64_t* q_empty = bars + 1 + 2 * kStages;
 
+  static_assert(!kPersist || (!kCut && kPersistentBwd<D, BM>), "the persistent kernel's walks");
+  uint64_t* kv_empty = bars + 1 + 3 * kStages;
+
   // The key blocks a tail launch of the cut kernel takes (BwdArgs::cta_base).
-  if constexpr (!kCut && BM != kBwdBlockMMasked)
+  if constexpr (!kCut && !kPersist && BM != kBwdBlockMMasked)
     if (blockIdx.x + a.n_blocks * (blockIdx.y + a.heads * blockIdx.z) >= a.whole) return;
   if constexpr (kConvertOverlaps<D>) allow_dependent_launch();
-  const BlockPos pos = block_pos<kCut>(a);
-  const int piece = pos.piece, head = pos.head, batch = pos.batch;
-  const int head_k = head / a.group;
-  const int64_t bh = static_cast<int64_t>(batch) * a.heads + head;
-  const int n0 = pos.n_block * kBlockN;
   const int warpgroup = warpgroup_index();
 
   if (threadIdx.x == 0) {
     mbar_init(kv_full, 1);
+    mbar_init(kv_empty, 8);  // one arrival per consumer warp
     for (int s = 0; s < kStages; ++s) {
       mbar_init(&q_full[s], 1);
       mbar_init(&do_full[s], 1);
-      mbar_init(&q_empty[s], 8);  // one arrival per consumer warp
+      mbar_init(&q_empty[s], 8);
     }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
   __syncthreads();
 
-  // Query blocks that see any of keys [n0, n_last].
+  // The key blocks this CTA takes: blockIdx.x + k gridDim.x for k below
+  // block_count (one, unless kPersist; then below a.whole).
+  const int block_count = kPersist ? (a.whole - int(blockIdx.x) + int(gridDim.x) - 1) / int(gridDim.x) : 1;
+  auto block_of = [&](int k) { return int(blockIdx.x) + k * int(gridDim.x); };
   const int offset = a.seqlen_k - a.seqlen_q;
-  const int n_last = min(n0 + kBlockN, a.seqlen_k) - 1;
-  const int q_first = a.window_right < 0 ? 0 : max(0, n0 - offset - a.window_right);
-  const int q_last =
-      a.window_left < 0 ? a.seqlen_q - 1 : min(a.seqlen_q - 1, n_last - offset + a.window_left);
   const int m_blocks = (a.seqlen_q + BM - 1) / BM;
-  const int all_iter = q_last < q_first ? 0 : q_last / BM - q_first / BM + 1;
-  const int piece_lo = piece < 0 ? 0 : all_iter * piece / a.split;  // a piece's share of them
-  const int m_lo = q_first / BM + piece_lo;
-  const int n_iter = piece < 0 ? all_iter : all_iter * (piece + 1) / a.split - piece_lo;
+  // A key block's walk: the query blocks m_lo .. m_lo + n_iter - 1 that see
+  // any of its keys [n0, n_last] (a piece's share of them).
+  struct Walk {
+    BlockPos pos;
+    int n0, m_lo, n_iter;
+    int64_t bh;
+  };
+  auto walk_of = [&](int block) {
+    Walk w;
+    w.pos = kPersist ? persistent_pos(a, block) : block_pos<kCut>(a);
+    w.bh = static_cast<int64_t>(w.pos.batch) * a.heads + w.pos.head;
+    w.n0 = w.pos.n_block * kBlockN;
+    const int n_last = min(w.n0 + kBlockN, a.seqlen_k) - 1;
+    const int q_first = a.window_right < 0 ? 0 : max(0, w.n0 - offset - a.window_right);
+    const int q_last =
+        a.window_left < 0 ? a.seqlen_q - 1 : min(a.seqlen_q - 1, n_last - offset + a.window_left);
+    const int all_iter = q_last < q_first ? 0 : q_last / BM - q_first / BM + 1;
+    const int piece = w.pos.piece;
+    const int piece_lo = piece < 0 ? 0 : all_iter * piece / a.split;
+    w.m_lo = q_first / BM + piece_lo;
+    w.n_iter = piece < 0 ? all_iter : all_iter * (piece + 1) / a.split - piece_lo;
+    return w;
+  };
 
   if (warpgroup == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
     if (threadIdx.x == 0) {
       prefetch_map(&q_map);
       prefetch_map(&do_map);
-      mbar_expect_tx(kv_full, 2 * L::kKVBytes);
-      for (int c = 0; c < kBoxes; ++c) {
-        tma_load(sK + c * kBlockN * kBoxRowBytes, &k_map, kv_full, c * kBoxCols, head_k, n0, batch);
-        tma_load(sV + c * kBlockN * kBoxRowBytes, &v_map, kv_full, c * kBoxCols, head_k, n0, batch);
+      int g = 0, t = 0;  // the CTA's query blocks and key blocks loaded so far
+      for (; t < block_count; ++t) {
+        const Walk w = walk_of(block_of(t));
+        const int head = w.pos.head, batch = w.pos.batch;
+        if (t > 0) mbar_wait(kv_empty, (t - 1) & 1);  // the consumers' last products of the block before
+        mbar_expect_tx(kv_full, 2 * L::kKVBytes);
+        for (int c = 0; c < kBoxes; ++c) {
+          tma_load(sK + c * kBlockN * kBoxRowBytes, &k_map, kv_full, c * kBoxCols, head / a.group, w.n0, batch);
+          tma_load(sV + c * kBlockN * kBoxRowBytes, &v_map, kv_full, c * kBoxCols, head / a.group, w.n0, batch);
+        }
+        for (int i = 0; i < w.n_iter; ++i, ++g) {
+          const int s = g % kStages, use = g / kStages;
+          const int q0 = (w.m_lo + i) * BM;
+          if (use > 0) mbar_wait(&q_empty[s], (use - 1) & 1);
+          mbar_expect_tx(&q_full[s], L::kQBytes + kStageStatBytes);
+          for (int c = 0; c < kBoxes; ++c)
+            tma_load(sQ + s * L::kQBytes + c * BM * kBoxRowBytes, &q_map, &q_full[s], c * kBoxCols, head, q0,
+                     batch);
+          if constexpr (kStageStats) tma_load_3d(stats_set(s), &stats_map, &q_full[s], q0, int(w.bh), 0);
+          mbar_expect_tx(&do_full[s], L::kQBytes + kStageStatBytes);
+          for (int c = 0; c < kBoxes; ++c)
+            tma_load(sdO + s * L::kQBytes + c * BM * kBoxRowBytes, &do_map, &do_full[s], c * kBoxCols, head, q0,
+                     batch);
+          if constexpr (kStageStats)
+            tma_load_3d(stats_set(s) + L::kStatRow, &stats_map, &do_full[s], q0, int(w.bh), 1);
+        }
       }
-      for (int i = 0; i < n_iter; ++i) {
-        const int s = i % kStages, use = i / kStages;
-        const int q0 = (m_lo + i) * BM;
-        if (use > 0) mbar_wait(&q_empty[s], (use - 1) & 1);
-        mbar_expect_tx(&q_full[s], L::kQBytes + kStageStatBytes);
-        for (int c = 0; c < kBoxes; ++c)
-          tma_load(sQ + s * L::kQBytes + c * BM * kBoxRowBytes, &q_map, &q_full[s], c * kBoxCols, head, q0,
-                   batch);
-        if constexpr (kStageStats) tma_load_3d(stats_set(s), &stats_map, &q_full[s], q0, int(bh), 0);
-        mbar_expect_tx(&do_full[s], L::kQBytes + kStageStatBytes);
-        for (int c = 0; c < kBoxes; ++c)
-          tma_load(sdO + s * L::kQBytes + c * BM * kBoxRowBytes, &do_map, &do_full[s], c * kBoxCols, head, q0,
-                   batch);
-        if constexpr (kStageStats)
-          tma_load_3d(stats_set(s) + L::kStatRow, &stats_map, &do_full[s], q0, int(bh), 1);
-      }
-    } else if (threadIdx.x / 32 == 1 && n_iter > 0) {
+    } else if (threadIdx.x / 32 == 1) {
       // The dQ warp adds each consumer's staged dQ^T tile to dq_accum, so
       // that the consumers never wait for the reduce-add to read their stage.
-      for (int wg = 0; wg < 2; ++wg) dq_stage_mark_empty(wg);
-      for (int i = 0; i < n_iter; ++i)
-        for (int wg = 0; wg < 2; ++wg) {
-          dq_stage_wait_full(wg);
-          if (threadIdx.x == 32) {
-            bulk_reduce_add(a.dq_accum + dq_tile_offset<D, BM>(bh, m_blocks, m_lo + i, kDqSplitsKeys ? 0 : wg * kTiles),
-                            reinterpret_cast<const float*>(sdQ + wg * L::kDqStageBytes), L::kDqStageBytes);
-            bulk_wait_read();
+      // It hands each stage back after its read but the CTA's last.
+      if (walk_of(block_of(0)).n_iter > 0)
+        for (int wg = 0; wg < 2; ++wg) dq_stage_mark_empty(wg);
+      for (int k = 0; k < block_count; ++k) {
+        const Walk w = walk_of(block_of(k));
+        const bool last_block = k + 1 == block_count;
+        for (int i = 0; i < w.n_iter; ++i)
+          for (int wg = 0; wg < 2; ++wg) {
+            dq_stage_wait_full(wg);
+            if (threadIdx.x == 32) {
+              bulk_reduce_add(
+                  a.dq_accum + dq_tile_offset<D, BM>(w.bh, m_blocks, w.m_lo + i, kDqSplitsKeys ? 0 : wg * kTiles),
+                  reinterpret_cast<const float*>(sdQ + wg * L::kDqStageBytes), L::kDqStageBytes);
+              bulk_wait_read();
+            }
+            __syncwarp();
+            if (!last_block || i + 1 < w.n_iter) dq_stage_mark_empty(wg);
           }
-          __syncwarp();
-          if (i + 1 < n_iter) dq_stage_mark_empty(wg);
+        if (kConvertOverlaps<D> && threadIdx.x == 32) {
+          // This block's reduce-adds written (not only read) and visible before it counts.
+          bulk_wait_written();
+          __threadfence();
+          atomicAdd(&a.dq_done[w.bh], w.pos.piece < 0 ? unsigned(a.split) : 1u);
         }
-    }
-    if (kConvertOverlaps<D> && threadIdx.x == 32) {
-      // This CTA's reduce-adds written (not only read) and visible before it counts.
-      bulk_wait_written();
-      __threadfence();
-      atomicAdd(&a.dq_done[bh], piece < 0 ? unsigned(a.split) : 1u);
+      }
     }
     // A tail launch completes only after the uncut one (one thread waits), so
     // that what waits for it sees that one's dK and dV too.
@@ -344,16 +391,12 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   const int warp = (threadIdx.x / 32) % 4;
   const int wg_key_local = kSplitDims ? 0 : wg * 64;
   const int key_local = wg_key_local + warp * 16 + lane / 4;  // and + 8
-  const int key0 = n0 + key_local;
   const int col = 2 * (lane % 4);  // within each 8-column group, + {0, 1}
-  const int wg_key_lo = n0 + wg_key_local, wg_key_hi = wg_key_lo + 63;
   const int wg_thread = threadIdx.x % 128;
   // dK and dV of head dims [dim0, dim0 + kAccDims): the first of them is in box dim0 / 64.
   const int dim0 = kSplitDims ? wg * kAccDims : 0;
 
   float dv[kAcc], dk[kAcc];
-#pragma unroll
-  for (int i = 0; i < kAcc; ++i) dv[i] = dk[i] = 0.f;
   float s_acc[kRowAcc], dp_acc[kRowAcc], dq_acc[kTiles][kRowAcc];
   uint32_t p[BM / 4], ds[BM / 4];
 
@@ -372,8 +415,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     wgmma_commit();
   };
 
-  auto issue_s_dp = [&](int i) {
-    const int s = i % kStages, parity = (i / kStages) & 1;
+  // The CTA's query block `ring` (counted over its key blocks) is in stage ring % kStages.
+  auto issue_s_dp = [&](int ring) {
+    const int s = ring % kStages, parity = (ring / kStages) & 1;
     const unsigned char* q_tile = sQ + s * L::kQBytes;
     const unsigned char* do_tile = sdO + s * L::kQBytes;
     if constexpr (!kStageStats) mbar_wait(&q_full[s], parity);  // else waited for the statistics
@@ -420,6 +464,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     else
       consumer_sync(wg);
   };
+  Walk w;  // the key block being walked
   auto stat_load = [&](int i) {
     if constexpr (kStageStats) {
       return Stats{};
@@ -428,9 +473,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
 #pragma unroll
       for (int e = 0; e < kStatsPerThread; ++e) {
         const int t = stats_thread + e * kStatThreads;
-        r.x[e] = t >= 2 * BM || i >= n_iter ? 0.f
-                                            : __ldg(a.row_stats + (t < BM ? 0 : a.stats_stride) + bh * a.stats_rows +
-                                                    (m_lo + i) * BM + t % BM);
+        r.x[e] = t >= 2 * BM || i >= w.n_iter ? 0.f
+                                              : __ldg(a.row_stats + (t < BM ? 0 : a.stats_stride) +
+                                                      w.bh * a.stats_rows + (w.m_lo + i) * BM + t % BM);
       }
       return r;
     }
@@ -445,163 +490,6 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       }
     }
   };
-
-  if (n_iter > 0) {
-    const Stats stat0 = stat_load(0), stat1 = stat_load(1);
-    stat_store(0, stat0);
-    stat_store(1, stat1);
-    mbar_wait(kv_full, 0);
-    if constexpr (!kStageStats) block_sync();
-  }
-  for (int i = 0; i < n_iter; ++i) {
-    const int s = i % kStages;
-    const Stats next_stat = stat_load(i + 2);
-    // Columns are queries q0 + 8 j + col + e: lse * log2(e) at st[8 j + col + e], D kStatRow further.
-    const float* st = kStageStats ? stats_set(s) : my_stats + (i % 3) * 2 * BM;
-    if constexpr (kStageStats) mbar_wait(&q_full[s], (i / kStages) & 1);
-    // This block's lse, read before the products are issued. Read after S,
-    // the ten loads had one register between them (at 240 per thread) and ran
-    // one after another behind the other consumer's operand reads: the
-    // exponentials took 1470 cycles of a 6500-cycle step (docs/hopper-notes.md, b15).
-    float2 lse[BM / 8];
-#pragma unroll
-    for (int j = 0; j < BM / 8; ++j) lse[j] = *reinterpret_cast<const float2*>(st + 8 * j + col);
-    // Warpgroup 1 issues its S and dP products after warpgroup 0's, so that
-    // the first one's softmax overlaps the second one's products. Only where
-    // the dS exchange keeps the two in step (D = 128): the turn is one-way, so
-    // a warpgroup 0 a block ahead would arrive twice and complete the barrier
-    // without warpgroup 1, which then waits forever (it hung at D = 64 in the
-    // benchmark tool; docs/hopper-notes.md, b19).
-    if constexpr (kExchangeDs) {
-      if (wg == 1) s_dp_turn_wait();
-    }
-    issue_s_dp(i);
-    if constexpr (kExchangeDs) {
-      if (wg == 0) s_dp_turn_pass();
-    }
-    const int q0 = (m_lo + i) * BM;
-    const unsigned char* q_tile = sQ + s * L::kQBytes;
-    const unsigned char* do_tile = sdO + s * L::kQBytes;
-
-    wgmma_wait<1>();
-    pin(s_acc);
-    const bool full = wg_key_hi < a.seqlen_k && q0 + BM <= a.seqlen_q &&
-                      (a.window_left < 0 || wg_key_lo >= q0 + BM - 1 + offset - a.window_left) &&
-                      (a.window_right < 0 || wg_key_hi <= q0 + offset + a.window_right);
-    // P^T at element e of column group j, before any mask.
-    auto exp_of = [&](int j, int e) {
-      return exp2f(fmaf(s_acc[4 * j + e], a.scale_log2, -(e % 2 ? lse[j].y : lse[j].x)));
-    };
-    if (full) {
-#pragma unroll
-      for (int j = 0; j < BM / 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s_acc[4 * j + e] = exp_of(j, e);
-    } else {
-      // Key row r (key0 + 8 r) sees queries [q_min[r], q_max[r]]; columns are
-      // queries q0 + col + 8 j + e % 2. (A visibility test per element inside
-      // one loop for both cases cost the masked kernel 4-11%, b15.)
-      int q_min[2], q_max[2];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int key = key0 + 8 * r;
-        q_min[r] = a.window_right < 0 ? INT_MIN : key - offset - a.window_right - q0 - col;
-        q_max[r] = key >= a.seqlen_k      ? INT_MIN
-                   : a.window_left < 0 ? INT_MAX
-                                       : key - offset + a.window_left - q0 - col;
-      }
-#pragma unroll
-      for (int j = 0; j < BM / 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int q = 8 * j + e % 2, r = e / 2;
-          const float x = exp_of(j, e);
-          s_acc[4 * j + e] = q >= q_min[r] && q <= q_max[r] ? x : 0.f;
-        }
-    }
-    wgmma_wait<0>();
-    pin(dp_acc);
-#pragma unroll
-    for (int i2 = 0; i2 < BM / 4; ++i2) {
-      const int j = i2 / 2;  // pairs (4j, 4j+1) are row key0, (4j+2, 4j+3) row key0 + 8
-      const int e = (i2 % 2) * 2;
-      const float2 dd = *reinterpret_cast<const float2*>(st + L::kStatRow + 8 * j + col);
-      p[i2] = pack<kBf16>(s_acc[4 * j + e], s_acc[4 * j + e + 1]);
-      ds[i2] = pack<kBf16>(s_acc[4 * j + e] * (dp_acc[4 * j + e] - dd.x),
-                           s_acc[4 * j + e + 1] * (dp_acc[4 * j + e + 1] - dd.y));
-    }
-
-    // dV += P^T dO now; dK += dS^T Q after dQ, so that it runs while dQ is
-    // staged. dO and Q are MN-major B operands, of which this warpgroup's
-    // dims start at box dim0 / 64.
-    const int dim_box_bytes = dim0 / kBoxCols * BM * kBoxRowBytes;
-    const uint64_t d_do = desc(do_tile + dim_box_bytes, BM * kBoxRowBytes, 1024);
-    const uint64_t d_q = desc(q_tile + dim_box_bytes, BM * kBoxRowBytes, 1024);
-    using RsMma = typename Gmma<kBf16, kAccDims, kK, kMN>::RS;
-    pin(dv);
-    pin(p);
-    wgmma_fence();
-    mma_rs_mn_major<RsMma, BM / 16>(p, d_do, dv);
-    wgmma_commit();
-
-    // dS^T into shared memory as the MN-major B operand of dQ^T's product:
-    // columns of 16 queries (32-byte rows of the CTA's keys, 32-byte swizzle:
-    // the two 16-byte halves of a row swap when bit 2 of the row is set), in
-    // one of two buffers (the other may still be read by the other
-    // consumer's dQ^T product of the previous step; at D = 256 each
-    // consumer writes its own copy, read by no one else).
-    unsigned char* ds_tile = sdS + (kSplitDims ? wg : i % 2) * L::kDsBytes;
-#pragma unroll
-    for (int j = 0; j < BM / 8; ++j)
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int row = key_local + 8 * r;
-        const int half = (j % 2) ^ ((row / 4) % 2);
-        *reinterpret_cast<uint32_t*>(ds_tile + (j / 2) * kDsAtomBytes<D> + row * 32 + half * 16 + col * 2) =
-            ds[2 * j + r];
-      }
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-    block_sync();
-    stat_store(i + 2, next_stat);
-
-    // dQ^T = K^T dS^T: at D = 128 head dims [64 wg, 64 wg + 64) over all
-    // 128 keys, at D = 64 all dims over this warpgroup's keys, at D = 256
-    // dims [128 wg, 128 wg + 128) as two tiles. K^T (head dim contiguous)
-    // and dS^T (queries contiguous) are both MN-major; the dims of tile t
-    // are K's box wg * kTiles + t.
-    const uint64_t d_kt = kDqSplitsKeys ? desc(k_rows, kBlockN * kBoxRowBytes, 1024)
-                                        : desc(sK + wg * kTiles * kBlockN * kBoxRowBytes, kBlockN * kBoxRowBytes, 1024);
-    const uint64_t d_ds = desc(ds_tile + (kDqSplitsKeys ? wg * 64 * 32 : 0), kDsAtomBytes<D>, 8 * 32, kSwizzle32B);
-    // dV first: that frees P^T's registers for dQ^T's accumulators (at 80
-    // rows, ptxas otherwise serialises every wgmma for want of registers).
-    wgmma_wait<0>();
-    pin(dv);
-    pin(p);
-#pragma unroll
-    for (int t = 0; t < kTiles; ++t) pin(dq_acc[t]);
-    pin(dk);
-    pin(ds);
-    wgmma_fence();
-#pragma unroll
-    for (int t = 0; t < kTiles; ++t)
-#pragma unroll
-      for (int kk = 0; kk < kDqKeys / 16; ++kk)
-        mma_ss<typename Gmma<kBf16, BM, kMN, kMN>::SS>(desc_add(d_kt, (t * kBlockN + kk * 16) * kBoxRowBytes),
-                                                       desc_add(d_ds, kk * 16 * 32), dq_acc[t], kk > 0,
-                                                       std::make_index_sequence<kRowAcc>{});
-    wgmma_commit();
-    mma_rs_mn_major<RsMma, BM / 16>(ds, d_q, dk);
-    wgmma_commit();
-
-    wgmma_wait<1>();
-#pragma unroll
-    for (int t = 0; t < kTiles; ++t) pin(dq_acc[t]);
-    stage_dq();
-    wgmma_wait<0>();
-    pin(dk);
-    pin(ds);
-    if (lane == 0) mbar_arrive(&q_empty[s]);
-  }
 
   // A piece of a cut key block: its dK and dV go to its slot in a.partial,
   // each thread's accumulators as they are (so that the same thread of
@@ -644,57 +532,255 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     }
     return true;
   };
-  if constexpr (kCut)
-    if (block_pos<kCut>(a).piece >= 0 && !fold_pieces()) return;
+  // The CTA's key blocks (one, unless kPersist), and its query blocks walked so far.
+  int g = 0, t_block = 0;
+  for (; t_block < block_count; ++t_block) {
+    w = walk_of(block_of(t_block));
+    const int key0 = w.n0 + key_local;
+    const int wg_key_lo = w.n0 + wg_key_local, wg_key_hi = wg_key_lo + 63;
+#pragma unroll
+    for (int i = 0; i < kAcc; ++i) dv[i] = dk[i] = 0.f;
+    if (kPersist || w.n_iter > 0) {
+      const Stats stat0 = stat_load(0), stat1 = stat_load(1);
+      stat_store(0, stat0);
+      stat_store(1, stat1);
+      mbar_wait(kv_full, t_block & 1);
+      if (kPersist && w.n_iter == 0 && lane == 0) mbar_arrive(kv_empty);  // no queries (seqlen_q 0)
+      if constexpr (!kStageStats) block_sync();
+    }
+    for (int i = 0; i < w.n_iter; ++i) {
+      const int ring = g + i, s = ring % kStages;
+      const Stats next_stat = stat_load(i + 2);
+      // Columns are queries q0 + 8 j + col + e: lse * log2(e) at st[8 j + col + e], D kStatRow further.
+      const float* st = kStageStats ? stats_set(s) : my_stats + (i % 3) * 2 * BM;
+      if constexpr (kStageStats) mbar_wait(&q_full[s], (ring / kStages) & 1);
+      // This block's lse, read before the products are issued. Read after S,
+      // the ten loads had one register between them (at 240 per thread) and ran
+      // one after another behind the other consumer's operand reads: the
+      // exponentials took 1470 cycles of a 6500-cycle step (docs/hopper-notes.md, b15).
+      float2 lse[BM / 8];
+#pragma unroll
+      for (int j = 0; j < BM / 8; ++j) lse[j] = *reinterpret_cast<const float2*>(st + 8 * j + col);
+      // Warpgroup 1 issues its S and dP products after warpgroup 0's, so that
+      // the first one's softmax overlaps the second one's products. Only where
+      // the dS exchange keeps the two in step (D = 128): the turn is one-way, so
+      // a warpgroup 0 a block ahead would arrive twice and complete the barrier
+      // without warpgroup 1, which then waits forever (it hung at D = 64 in the
+      // benchmark tool; docs/hopper-notes.md, b19).
+      if constexpr (kExchangeDs) {
+        if (wg == 1) s_dp_turn_wait();
+      }
+      issue_s_dp(ring);
+      if constexpr (kExchangeDs) {
+        if (wg == 0) s_dp_turn_pass();
+      }
+      const int q0 = (w.m_lo + i) * BM;
+      const unsigned char* q_tile = sQ + s * L::kQBytes;
+      const unsigned char* do_tile = sdO + s * L::kQBytes;
 
-  // dK (scaled) and dV for this head's keys, [batch, seqlen_k, heads, D], go
-  // through shared memory so that each key's row leaves in 16-byte stores:
-  // straight from the accumulators they would be 4-byte pieces of 8 rows per
-  // warp store. A warp holds whole rows (16 keys; at D = 256 their half from
-  // dim0), so it stages and stores them alone, in the Q, dO and dS^T buffers,
-  // which are free once both consumers are past their last products.
-  consumers_sync();
-  // The cut kernel reads its position again (see block_pos); the uncut one keeps it.
-  const BlockPos end = kCut ? block_pos<kCut>(a) : pos;
-  const int end_key0 = kCut ? end.n_block * kBlockN + key_local : key0;
-  constexpr int kOutPitch = kAccDims / 2 + 4;  // words; the padding keeps the 8 rows of a store on distinct banks
-  constexpr int kWarpRows = 16, kChunks = kAccDims * 2 / 16;  // 16-byte pieces per row
-  uint32_t* stage = reinterpret_cast<uint32_t*>(sQ) + (wg * 4 + warp) * 2 * kWarpRows * kOutPitch;
-  static_assert(8 * 2 * kWarpRows * kOutPitch * 4 <= L::kDq - L::kQ, "dK/dV stage");
+      wgmma_wait<1>();
+      pin(s_acc);
+      const bool full = wg_key_hi < a.seqlen_k && q0 + BM <= a.seqlen_q &&
+                        (a.window_left < 0 || wg_key_lo >= q0 + BM - 1 + offset - a.window_left) &&
+                        (a.window_right < 0 || wg_key_hi <= q0 + offset + a.window_right);
+      // P^T at element e of column group j, before any mask.
+      auto exp_of = [&](int j, int e) {
+        return exp2f(fmaf(s_acc[4 * j + e], a.scale_log2, -(e % 2 ? lse[j].y : lse[j].x)));
+      };
+      if (full) {
 #pragma unroll
-  for (int r = 0; r < 2; ++r)
+        for (int j = 0; j < BM / 8; ++j)
 #pragma unroll
-    for (int j = 0; j < kAccDims / 8; ++j) {
-      const int word = (lane / 4 + 8 * r) * kOutPitch + (8 * j + col) / 2;
-      stage[word] = pack<kBf16>(dk[4 * j + 2 * r] * a.scale, dk[4 * j + 2 * r + 1] * a.scale);
-      stage[kWarpRows * kOutPitch + word] = pack<kBf16>(dv[4 * j + 2 * r], dv[4 * j + 2 * r + 1]);
+          for (int e = 0; e < 4; ++e) s_acc[4 * j + e] = exp_of(j, e);
+      } else {
+        // Key row r (key0 + 8 r) sees queries [q_min[r], q_max[r]]; columns are
+        // queries q0 + col + 8 j + e % 2. (A visibility test per element inside
+        // one loop for both cases cost the masked kernel 4-11%, b15.)
+        int q_min[2], q_max[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int key = key0 + 8 * r;
+          q_min[r] = a.window_right < 0 ? INT_MIN : key - offset - a.window_right - q0 - col;
+          q_max[r] = key >= a.seqlen_k      ? INT_MIN
+                     : a.window_left < 0 ? INT_MAX
+                                         : key - offset + a.window_left - q0 - col;
+        }
+#pragma unroll
+        for (int j = 0; j < BM / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int q = 8 * j + e % 2, r = e / 2;
+            const float x = exp_of(j, e);
+            s_acc[4 * j + e] = q >= q_min[r] && q <= q_max[r] ? x : 0.f;
+          }
+      }
+      wgmma_wait<0>();
+      pin(dp_acc);
+#pragma unroll
+      for (int i2 = 0; i2 < BM / 4; ++i2) {
+        const int j = i2 / 2;  // pairs (4j, 4j+1) are row key0, (4j+2, 4j+3) row key0 + 8
+        const int e = (i2 % 2) * 2;
+        const float2 dd = *reinterpret_cast<const float2*>(st + L::kStatRow + 8 * j + col);
+        p[i2] = pack<kBf16>(s_acc[4 * j + e], s_acc[4 * j + e + 1]);
+        ds[i2] = pack<kBf16>(s_acc[4 * j + e] * (dp_acc[4 * j + e] - dd.x),
+                             s_acc[4 * j + e + 1] * (dp_acc[4 * j + e + 1] - dd.y));
+      }
+
+      // dV += P^T dO now; dK += dS^T Q after dQ, so that it runs while dQ is
+      // staged. dO and Q are MN-major B operands, of which this warpgroup's
+      // dims start at box dim0 / 64.
+      const int dim_box_bytes = dim0 / kBoxCols * BM * kBoxRowBytes;
+      const uint64_t d_do = desc(do_tile + dim_box_bytes, BM * kBoxRowBytes, 1024);
+      const uint64_t d_q = desc(q_tile + dim_box_bytes, BM * kBoxRowBytes, 1024);
+      using RsMma = typename Gmma<kBf16, kAccDims, kK, kMN>::RS;
+      pin(dv);
+      pin(p);
+      wgmma_fence();
+      mma_rs_mn_major<RsMma, BM / 16>(p, d_do, dv);
+      wgmma_commit();
+
+      // dS^T into shared memory as the MN-major B operand of dQ^T's product:
+      // columns of 16 queries (32-byte rows of the CTA's keys, 32-byte swizzle:
+      // the two 16-byte halves of a row swap when bit 2 of the row is set), in
+      // one of two buffers (the other may still be read by the other
+      // consumer's dQ^T product of the previous step; at D = 256 each
+      // consumer writes its own copy, read by no one else).
+      unsigned char* ds_tile = sdS + (kSplitDims ? wg : i % 2) * L::kDsBytes;
+#pragma unroll
+      for (int j = 0; j < BM / 8; ++j)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int row = key_local + 8 * r;
+          const int half = (j % 2) ^ ((row / 4) % 2);
+          *reinterpret_cast<uint32_t*>(ds_tile + (j / 2) * kDsAtomBytes<D> + row * 32 + half * 16 + col * 2) =
+              ds[2 * j + r];
+        }
+      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+      block_sync();
+      stat_store(i + 2, next_stat);
+
+      // dQ^T = K^T dS^T: at D = 128 head dims [64 wg, 64 wg + 64) over all
+      // 128 keys, at D = 64 all dims over this warpgroup's keys, at D = 256
+      // dims [128 wg, 128 wg + 128) as two tiles. K^T (head dim contiguous)
+      // and dS^T (queries contiguous) are both MN-major; the dims of tile t
+      // are K's box wg * kTiles + t.
+      const uint64_t d_kt = kDqSplitsKeys ? desc(k_rows, kBlockN * kBoxRowBytes, 1024)
+                                          : desc(sK + wg * kTiles * kBlockN * kBoxRowBytes, kBlockN * kBoxRowBytes,
+                                                 1024);
+      const uint64_t d_ds = desc(ds_tile + (kDqSplitsKeys ? wg * 64 * 32 : 0), kDsAtomBytes<D>, 8 * 32, kSwizzle32B);
+      // dV first: that frees P^T's registers for dQ^T's accumulators (at 80
+      // rows, ptxas otherwise serialises every wgmma for want of registers).
+      wgmma_wait<0>();
+      pin(dv);
+      pin(p);
+#pragma unroll
+      for (int t = 0; t < kTiles; ++t) pin(dq_acc[t]);
+      pin(dk);
+      pin(ds);
+      wgmma_fence();
+#pragma unroll
+      for (int t = 0; t < kTiles; ++t)
+#pragma unroll
+        for (int kk = 0; kk < kDqKeys / 16; ++kk)
+          mma_ss<typename Gmma<kBf16, BM, kMN, kMN>::SS>(desc_add(d_kt, (t * kBlockN + kk * 16) * kBoxRowBytes),
+                                                         desc_add(d_ds, kk * 16 * 32), dq_acc[t], kk > 0,
+                                                         std::make_index_sequence<kRowAcc>{});
+      wgmma_commit();
+      mma_rs_mn_major<RsMma, BM / 16>(ds, d_q, dk);
+      wgmma_commit();
+
+      wgmma_wait<1>();
+#pragma unroll
+      for (int t = 0; t < kTiles; ++t) pin(dq_acc[t]);
+      // K and V are read for the last time by this block's dQ^T and dP^T products.
+      if (kPersist && i + 1 == w.n_iter && lane == 0) mbar_arrive(kv_empty);
+      stage_dq();
+      wgmma_wait<0>();
+      pin(dk);
+      pin(ds);
+      if (lane == 0) mbar_arrive(&q_empty[s]);
     }
-  if constexpr (BM == kBwdBlockMFull) {
-    // Unmasked calls: lane l sends row l % 16 of dK (l < 16) or of dV by one
-    // bulk copy (H200: +1-5% at 512-16k). The masked kernel keeps the 16-byte
-    // stores, measured no slower there (docs/hopper-notes.md, bepi80).
-    static_assert(2 * kWarpRows == 32, "a lane per row");
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-    __syncwarp();
-    const int t = lane / kWarpRows, r = lane % kWarpRows;
-    const int key = end_key0 - lane / 4 + r;  // the warp's first key + r
-    if (key < a.seqlen_k) {
-      const int64_t row = ((static_cast<int64_t>(end.batch) * a.seqlen_k + key) * a.heads + end.head) * D + dim0;
-      bulk_store(static_cast<uint16_t*>(t ? a.dv : a.dk) + row, stage + (t * kWarpRows + r) * kOutPitch,
-                 kAccDims * 2);
-      bulk_commit();
-      bulk_wait_read();  // the row is read before the CTA's shared memory goes
-    }
-  } else {
-    __syncwarp();
+    g += w.n_iter;
+    if constexpr (kCut)
+      if (block_pos<kCut>(a).piece >= 0 && !fold_pieces()) return;
+
+    // dK (scaled) and dV for this head's keys, [batch, seqlen_k, heads, D], go
+    // through shared memory so that each key's row leaves in 16-byte stores:
+    // straight from the accumulators they would be 4-byte pieces of 8 rows per
+    // warp store. A warp holds whole rows (16 keys; at D = 256 their half from
+    // dim0), so it stages and stores them alone, in buffers that are free once
+    // both consumers are past their last products: the Q, dO and dS^T buffers,
+    // or where the producer may be loading the next block's Q and dO
+    // (kPersist), the dS^T buffers, dK's rows and then dV's.
+    consumers_sync();
+    // The cut kernel reads its position again (see block_pos); the uncut one keeps it.
+    const BlockPos end = kCut ? block_pos<kCut>(a) : w.pos;
+    const int end_key0 = kCut ? end.n_block * kBlockN + key_local : key0;
+    constexpr int kOutPitch = kAccDims / 2 + 4;  // words; the padding keeps the 8 rows of a store on distinct banks
+    constexpr int kWarpRows = 16, kChunks = kAccDims * 2 / 16;  // 16-byte pieces per row
+    constexpr int kStaged = kPersist ? 1 : 2;  // tensors staged at once
+    uint32_t* stage =
+        reinterpret_cast<uint32_t*>(kPersist ? sdS : sQ) + (wg * 4 + warp) * kStaged * kWarpRows * kOutPitch;
+    static_assert(8 * kStaged * kWarpRows * kOutPitch * 4 <= (kPersist ? 2 * L::kDsBytes : L::kDq - L::kQ),
+                  "dK/dV stage");
+    // acc's 16 rows of the warp, times scale, at rows [0, 16) of dst.
+    auto stage_rows = [&](const float(&acc)[kAcc], float scale, uint32_t* dst) {
 #pragma unroll
-    for (int c = lane; c < 2 * kWarpRows * kChunks; c += 32) {
-      const int t = c / (kWarpRows * kChunks), r = c / kChunks % kWarpRows, chunk = c % kChunks;
+      for (int r = 0; r < 2; ++r)
+#pragma unroll
+        for (int j = 0; j < kAccDims / 8; ++j)
+          dst[(lane / 4 + 8 * r) * kOutPitch + (8 * j + col) / 2] =
+              pack<kBf16>(acc[4 * j + 2 * r] * scale, acc[4 * j + 2 * r + 1] * scale);
+    };
+    if constexpr (!kPersist) {
+      stage_rows(dk, a.scale, stage);
+      stage_rows(dv, 1.f, stage + kWarpRows * kOutPitch);
+    }
+    if constexpr (kPersist) {
+      // Lane r < 16 sends row r, of dK and then of dV, by one bulk copy.
+      const int key = end_key0 - lane / 4 + lane;  // the warp's first key + lane
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+        stage_rows(t ? dv : dk, t ? 1.f : a.scale, stage);
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        __syncwarp();
+        if (lane < kWarpRows && key < a.seqlen_k) {
+          const int64_t row = ((static_cast<int64_t>(end.batch) * a.seqlen_k + key) * a.heads + end.head) * D + dim0;
+          bulk_store(static_cast<uint16_t*>(t ? a.dv : a.dk) + row, stage + lane * kOutPitch, kAccDims * 2);
+          bulk_commit();
+          bulk_wait_read();
+        }
+        __syncwarp();
+      }
+      // Every warp's rows read before the next block's dS^T overwrites them.
+      consumers_sync();
+    } else if constexpr (BM == kBwdBlockMFull) {
+      // Unmasked calls: lane l sends row l % 16 of dK (l < 16) or of dV by one
+      // bulk copy (H200: +1-5% at 512-16k). The masked kernel keeps the 16-byte
+      // stores, measured no slower there (docs/hopper-notes.md, bepi80).
+      static_assert(2 * kWarpRows == 32, "a lane per row");
+      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+      __syncwarp();
+      const int t = lane / kWarpRows, r = lane % kWarpRows;
       const int key = end_key0 - lane / 4 + r;  // the warp's first key + r
-      if (key >= a.seqlen_k) continue;
-      const uint4 x = *reinterpret_cast<const uint4*>(stage + (t * kWarpRows + r) * kOutPitch + 4 * chunk);
-      const int64_t row = ((static_cast<int64_t>(end.batch) * a.seqlen_k + key) * a.heads + end.head) * D + dim0;
-      reinterpret_cast<uint4*>(static_cast<uint16_t*>(t ? a.dv : a.dk) + row)[chunk] = x;
+      if (key < a.seqlen_k) {
+        const int64_t row = ((static_cast<int64_t>(end.batch) * a.seqlen_k + key) * a.heads + end.head) * D + dim0;
+        bulk_store(static_cast<uint16_t*>(t ? a.dv : a.dk) + row, stage + (t * kWarpRows + r) * kOutPitch,
+                   kAccDims * 2);
+        bulk_commit();
+        bulk_wait_read();  // the row is read before the CTA's shared memory goes
+      }
+    } else {
+      __syncwarp();
+#pragma unroll
+      for (int c = lane; c < 2 * kWarpRows * kChunks; c += 32) {
+        const int t = c / (kWarpRows * kChunks), r = c / kChunks % kWarpRows, chunk = c % kChunks;
+        const int key = end_key0 - lane / 4 + r;  // the warp's first key + r
+        if (key >= a.seqlen_k) continue;
+        const uint4 x = *reinterpret_cast<const uint4*>(stage + (t * kWarpRows + r) * kOutPitch + 4 * chunk);
+        const int64_t row = ((static_cast<int64_t>(end.batch) * a.seqlen_k + key) * a.heads + end.head) * D + dim0;
+        reinterpret_cast<uint4*>(static_cast<uint16_t*>(t ? a.dv : a.dk) + row)[chunk] = x;
+      }
     }
   }
 }
@@ -872,7 +958,9 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
   a.cta_base = 0;
   // Masked calls are never cut (their key blocks differ in work), so the
   // 64-row kernel has no cut variant.
-  const auto uncut_kernel = flash_bwd_kernel<kBf16, D, kStages, BM, false>;
+  const bool persist = kPersistentBwd<D, BM> && p.seqlen_q >= kPersistMinQueries;
+  const auto uncut_kernel = persist ? flash_bwd_kernel<kBf16, D, kStages, BM, false, kPersistentBwd<D, BM>>
+                                    : flash_bwd_kernel<kBf16, D, kStages, BM, false>;
   const auto cut_kernel = flash_bwd_kernel<kBf16, D, kStages, BM, BM != kBwdBlockMMasked>;
   constexpr int smem = BwdSmem<D, kStages, BM>::kBytes;
   for (auto kernel : {uncut_kernel, cut_kernel})
@@ -887,8 +975,8 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
     if (cut.split > 1 && !cut_in_tail(cut, sms)) {
       cut_kernel<<<cut.items, kBwdThreads, smem, stream>>>(q_map, k_map, v_map, do_map, stats_map, a);
     } else {
-      uncut_kernel<<<dim3(a.n_blocks, p.heads, p.batch), kBwdThreads, smem, stream>>>(q_map, k_map, v_map, do_map,
-                                                                                      stats_map, a);
+      const dim3 grid = persist ? dim3(std::min(cut.whole, sms)) : dim3(a.n_blocks, p.heads, p.batch);
+      uncut_kernel<<<grid, kBwdThreads, smem, stream>>>(q_map, k_map, v_map, do_map, stats_map, a);
       if (cut.split > 1 && (e = cudaPeekAtLastError()) == cudaSuccess) {
         a.cta_base = cut.whole;
         cudaLaunchConfig_t tail = {};

@@ -244,6 +244,10 @@ int main(int argc, char** argv) {
       // d 256): the rounds in the uncut kernel, the pieces in a tail launch
       // of the cut one.
       {1, 4096, 1024, 52, 4, 128, -1, -1}, {1, 4096, 512, 52, 4, 256, -1, -1},
+      // Uncut and unmasked over several rounds, d 128 from 1024 queries: the
+      // persistent kernel's CTAs walk 9 or 10 key blocks (GQA, partial last
+      // key and query blocks).
+      {2, 1100, 2000, 40, 8, 128, -1, -1},
   };
   // "only D": the cases of head dim D alone (for compute-sanitizer).
   const int only = argc > 2 && std::string(argv[1]) == "only" ? atoi(argv[2]) : 0;
