@@ -317,6 +317,11 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     w.n_iter = piece < 0 ? all_iter : all_iter * (piece + 1) / a.split - piece_lo;
     return w;
   };
+  // The CTA's first block, walked once here: where it is the only one, the
+  // query loops then compile as they did before kPersist (taken inside the
+  // block loop, the masked kernel's position lost its uniform registers).
+  const Walk first = walk_of(block_of(0));
+  auto walk_at = [&](int k) { return kPersist && k > 0 ? walk_of(block_of(k)) : first; };
 
   if (warpgroup == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
@@ -325,7 +330,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       prefetch_map(&do_map);
       int g = 0, t = 0;  // the CTA's query blocks and key blocks loaded so far
       for (; t < block_count; ++t) {
-        const Walk w = walk_of(block_of(t));
+        const Walk w = walk_at(t);
         const int head = w.pos.head, batch = w.pos.batch;
         if (t > 0) mbar_wait(kv_empty, (t - 1) & 1);  // the consumers' last products of the block before
         mbar_expect_tx(kv_full, 2 * L::kKVBytes);
@@ -354,10 +359,10 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       // The dQ warp adds each consumer's staged dQ^T tile to dq_accum, so
       // that the consumers never wait for the reduce-add to read their stage.
       // It hands each stage back after its read but the CTA's last.
-      if (walk_of(block_of(0)).n_iter > 0)
+      if (first.n_iter > 0)
         for (int wg = 0; wg < 2; ++wg) dq_stage_mark_empty(wg);
       for (int k = 0; k < block_count; ++k) {
-        const Walk w = walk_of(block_of(k));
+        const Walk w = walk_at(k);
         const bool last_block = k + 1 == block_count;
         for (int i = 0; i < w.n_iter; ++i)
           for (int wg = 0; wg < 2; ++wg) {
@@ -464,7 +469,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     else
       consumer_sync(wg);
   };
-  Walk w;  // the key block being walked
+  Walk w = first;  // the key block being walked
   auto stat_load = [&](int i) {
     if constexpr (kStageStats) {
       return Stats{};
@@ -535,7 +540,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   // The CTA's key blocks (one, unless kPersist), and its query blocks walked so far.
   int g = 0, t_block = 0;
   for (; t_block < block_count; ++t_block) {
-    w = walk_of(block_of(t_block));
+    w = walk_at(t_block);
     const int key0 = w.n0 + key_local;
     const int wg_key_lo = w.n0 + wg_key_local, wg_key_hi = wg_key_lo + 63;
 #pragma unroll
