@@ -737,6 +737,18 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           dst[(lane / 4 + 8 * r) * kOutPitch + (8 * j + col) / 2] =
               pack<kBf16>(acc[4 * j + 2 * r] * scale, acc[4 * j + 2 * r + 1] * scale);
     };
+    // Where the row of key's dK (t = 0) or dV (t = 1) for this warp's dims starts.
+    auto out_row = [&](int t, int key) {
+      return static_cast<uint16_t*>(t ? a.dv : a.dk) +
+             ((static_cast<int64_t>(end.batch) * a.seqlen_k + key) * a.heads + end.head) * D + dim0;
+    };
+    // A staged row out by one bulk copy, read before the lane goes on (the
+    // stage is written again, or the CTA's shared memory goes).
+    auto send_row = [&](int t, int key, const uint32_t* src) {
+      bulk_store(out_row(t, key), src, kAccDims * 2);
+      bulk_commit();
+      bulk_wait_read();
+    };
     if constexpr (!kPersist) {
       stage_rows(dk, a.scale, stage);
       stage_rows(dv, 1.f, stage + kWarpRows * kOutPitch);
@@ -749,12 +761,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         stage_rows(t ? dv : dk, t ? 1.f : a.scale, stage);
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
         __syncwarp();
-        if (lane < kWarpRows && key < a.seqlen_k) {
-          const int64_t row = ((static_cast<int64_t>(end.batch) * a.seqlen_k + key) * a.heads + end.head) * D + dim0;
-          bulk_store(static_cast<uint16_t*>(t ? a.dv : a.dk) + row, stage + lane * kOutPitch, kAccDims * 2);
-          bulk_commit();
-          bulk_wait_read();
-        }
+        if (lane < kWarpRows && key < a.seqlen_k) send_row(t, key, stage + lane * kOutPitch);
         __syncwarp();
       }
       // Every warp's rows read before the next block's dS^T overwrites them.
@@ -768,13 +775,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       __syncwarp();
       const int t = lane / kWarpRows, r = lane % kWarpRows;
       const int key = end_key0 - lane / 4 + r;  // the warp's first key + r
-      if (key < a.seqlen_k) {
-        const int64_t row = ((static_cast<int64_t>(end.batch) * a.seqlen_k + key) * a.heads + end.head) * D + dim0;
-        bulk_store(static_cast<uint16_t*>(t ? a.dv : a.dk) + row, stage + (t * kWarpRows + r) * kOutPitch,
-                   kAccDims * 2);
-        bulk_commit();
-        bulk_wait_read();  // the row is read before the CTA's shared memory goes
-      }
+      if (key < a.seqlen_k) send_row(t, key, stage + (t * kWarpRows + r) * kOutPitch);
     } else {
       __syncwarp();
 #pragma unroll
@@ -783,8 +784,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         const int key = end_key0 - lane / 4 + r;  // the warp's first key + r
         if (key >= a.seqlen_k) continue;
         const uint4 x = *reinterpret_cast<const uint4*>(stage + (t * kWarpRows + r) * kOutPitch + 4 * chunk);
-        const int64_t row = ((static_cast<int64_t>(end.batch) * a.seqlen_k + key) * a.heads + end.head) * D + dim0;
-        reinterpret_cast<uint4*>(static_cast<uint16_t*>(t ? a.dv : a.dk) + row)[chunk] = x;
+        reinterpret_cast<uint4*>(out_row(t, key))[chunk] = x;
       }
     }
   }
