@@ -226,7 +226,8 @@ template <bool kBf16, int D, int kStages, int BM, bool kCut, bool kPersist = fal
 __global__ void __launch_bounds__(kBwdThreads, 1)
     flash_bwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
                const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap do_map,
-               const __grid_constant__ CUtensorMap stats_map, const BwdArgs a) {
+               const __grid_constant__ CUtensorMap stats_map, const __grid_constant__ CUtensorMap dk_map,
+               const __grid_constant__ CUtensorMap dv_map, const BwdArgs a) {
   using L = BwdSmem<D, kStages, BM>;
   constexpr int kBlockN = kBwdBlockN<D>;
   constexpr int kBoxes = D / kBoxCols;
@@ -358,7 +359,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     } else if (threadIdx.x / 32 == 1) {
       // The dQ warp adds each consumer's staged dQ^T tile to dq_accum, so
       // that the consumers never wait for the reduce-add to read their stage.
-      // It hands each stage back after its read but the CTA's last.
+      // It hands each stage back after its read but the CTA's last; the
+      // persistent kernel's epilogue takes that one too (dV's rows).
       if (first.n_iter > 0)
         for (int wg = 0; wg < 2; ++wg) dq_stage_mark_empty(wg);
       for (int k = 0; k < block_count; ++k) {
@@ -374,7 +376,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
               bulk_wait_read();
             }
             __syncwarp();
-            if (!last_block || i + 1 < w.n_iter) dq_stage_mark_empty(wg);
+            if (kPersist || !last_block || i + 1 < w.n_iter) dq_stage_mark_empty(wg);
           }
         if (kConvertOverlaps<D> && threadIdx.x == 32) {
           // This block's reduce-adds written (not only read) and visible before it counts.
@@ -437,8 +439,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   // dq_accum, and from there to dq_accum with one bulk reduce-add by the dQ
   // warp; dq_convert_kernel undoes the order.
   float* dq_stage = reinterpret_cast<float*>(sdQ + wg * L::kDqStageBytes);
-  auto stage_dq = [&]() {
-    dq_stage_wait_empty(wg);
+  auto stage_dq = [&](bool wait_empty) {
+    if (wait_empty) dq_stage_wait_empty(wg);
 #pragma unroll
     for (int t = 0; t < kTiles; ++t)
 #pragma unroll
@@ -699,7 +701,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       for (int t = 0; t < kTiles; ++t) pin(dq_acc[t]);
       // K and V are read for the last time by this block's dQ^T and dP^T products.
       if (kPersist && i + 1 == w.n_iter && lane == 0) mbar_arrive(kv_empty);
-      stage_dq();
+      // (kPersist: for a block's first stage, the epilogue before has waited;
+      // it staged dV there.)
+      stage_dq(!kPersist || i > 0 || t_block == 0);
       wgmma_wait<0>();
       pin(dk);
       pin(ds);
@@ -710,73 +714,76 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       if (block_pos<kCut>(a).piece >= 0 && !fold_pieces()) return;
 
     // dK (scaled) and dV for this head's keys, [batch, seqlen_k, heads, D], go
-    // through shared memory so that each key's row leaves in 16-byte stores:
-    // straight from the accumulators they would be 4-byte pieces of 8 rows per
-    // warp store. A warp holds whole rows (16 keys; at D = 256 their half from
-    // dim0), so it stages and stores them alone, in buffers that are free once
-    // both consumers are past their last products: the Q, dO and dS^T buffers,
-    // or where the producer may be loading the next block's Q and dO
-    // (kPersist), the dS^T buffers, dK's rows and then dV's.
+    // through shared memory. Unmasked calls (the 80-row kernels): a warpgroup's
+    // 64 keys by TMA stores of 64-dim boxes in the 128-byte swizzle (as the
+    // forward's O), which stmatrix writes: dK's in the Q buffers, or where the
+    // producer may be loading the next block's Q and dO (kPersist) in the dS^T
+    // buffers, and dV's beside them, or (kPersist) in the consumer's dQ stage
+    // once the dQ warp has read the block's last dQ^T tile from it. Masked calls
+    // and D = 256: each key's row in 16-byte stores (straight from the
+    // accumulators they would be 4-byte pieces of 8 rows per warp store); a
+    // warp holds whole rows (16 keys; at D = 256 their half from dim0), so it
+    // stages and stores them alone, in the Q and dO buffers.
     consumers_sync();
     // The cut kernel reads its position again (see block_pos); the uncut one keeps it.
     const BlockPos end = kCut ? block_pos<kCut>(a) : w.pos;
-    const int end_key0 = kCut ? end.n_block * kBlockN + key_local : key0;
-    constexpr int kOutPitch = kAccDims / 2 + 4;  // words; the padding keeps the 8 rows of a store on distinct banks
-    constexpr int kWarpRows = 16, kChunks = kAccDims * 2 / 16;  // 16-byte pieces per row
-    constexpr int kStaged = kPersist ? 1 : 2;  // tensors staged at once
-    uint32_t* stage =
-        reinterpret_cast<uint32_t*>(kPersist ? sdS : sQ) + (wg * 4 + warp) * kStaged * kWarpRows * kOutPitch;
-    static_assert(8 * kStaged * kWarpRows * kOutPitch * 4 <= (kPersist ? 2 * L::kDsBytes : L::kDq - L::kQ),
-                  "dK/dV stage");
-    // acc's 16 rows of the warp, times scale, at rows [0, 16) of dst.
-    auto stage_rows = [&](const float(&acc)[kAcc], float scale, uint32_t* dst) {
+    if constexpr (BM == kBwdBlockMFull) {
+      constexpr int kBoxBytes = 64 * kBoxRowBytes;
+      constexpr int kTensorBytes = kAccDims / kBoxCols * kBoxBytes;  // a warpgroup's dK or dV
+      static_assert(kPersist ? 2 * kTensorBytes <= 2 * L::kDsBytes && kTensorBytes <= L::kDqStageBytes
+                             : 4 * kTensorBytes <= L::kDq - L::kQ,
+                    "dK/dV boxes");
+      unsigned char* dk_boxes = (kPersist ? sdS : sQ) + wg * kTensorBytes;
+      unsigned char* dv_boxes = kPersist ? sdQ + wg * L::kDqStageBytes : sQ + (2 + wg) * kTensorBytes;
+      // Lane l addresses row l % 8 of matrix l / 8: rows + 8 for odd matrices,
+      // the next column group for the upper two.
+      const int m = lane / 8, row = warp * 16 + lane % 8 + 8 * (m % 2);
+      auto stage_boxes = [&](const float(&acc)[kAcc], float scale, unsigned char* boxes) {
 #pragma unroll
-      for (int r = 0; r < 2; ++r)
+        for (int j = 0; j < kAccDims / 8; j += 2) {
+          const int g = j + m / 2;  // column group of 8
+          stmatrix_x4(boxes + (g / 8) * kBoxBytes + row * kBoxRowBytes + (((g % 8) ^ (row % 8)) << 4),
+                      pack<kBf16>(acc[4 * j] * scale, acc[4 * j + 1] * scale),
+                      pack<kBf16>(acc[4 * j + 2] * scale, acc[4 * j + 3] * scale),
+                      pack<kBf16>(acc[4 * j + 4] * scale, acc[4 * j + 5] * scale),
+                      pack<kBf16>(acc[4 * j + 6] * scale, acc[4 * j + 7] * scale));
+        }
+      };
+      stage_boxes(dk, a.scale, dk_boxes);
+      if constexpr (kPersist) dq_stage_wait_empty(wg);  // every walk has queries (kPersistMinQueries)
+      stage_boxes(dv, 1.f, dv_boxes);
+      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+      consumer_sync(wg);
+      if (wg_thread == 0) {
+        // Keys past seqlen_k are left out by the tensor maps' bounds.
+        const int box_key0 = end.n_block * kBlockN + wg_key_local;
 #pragma unroll
-        for (int j = 0; j < kAccDims / 8; ++j)
-          dst[(lane / 4 + 8 * r) * kOutPitch + (8 * j + col) / 2] =
-              pack<kBf16>(acc[4 * j + 2 * r] * scale, acc[4 * j + 2 * r + 1] * scale);
-    };
-    // Where the row of key's dK (t = 0) or dV (t = 1) for this warp's dims starts.
-    auto out_row = [&](int t, int key) {
-      return static_cast<uint16_t*>(t ? a.dv : a.dk) +
-             ((static_cast<int64_t>(end.batch) * a.seqlen_k + key) * a.heads + end.head) * D + dim0;
-    };
-    // A staged row out by one bulk copy, read before the lane goes on (the
-    // stage is written again, or the CTA's shared memory goes).
-    auto send_row = [&](int t, int key, const uint32_t* src) {
-      bulk_store(out_row(t, key), src, kAccDims * 2);
-      bulk_commit();
-      bulk_wait_read();
-    };
-    if constexpr (!kPersist) {
+        for (int c = 0; c < kAccDims / kBoxCols; ++c) {
+          tma_store(&dk_map, dk_boxes + c * kBoxBytes, dim0 + c * kBoxCols, end.head, box_key0, end.batch);
+          tma_store(&dv_map, dv_boxes + c * kBoxBytes, dim0 + c * kBoxCols, end.head, box_key0, end.batch);
+        }
+        bulk_commit();
+        bulk_wait_read();  // before the boxes are written again, or the CTA's shared memory goes
+      }
+      // kPersist: the boxes read before the next block's dS^T and dQ^T overwrite them.
+      if constexpr (kPersist) consumers_sync();
+    } else {
+      const int end_key0 = kCut ? end.n_block * kBlockN + key_local : key0;
+      constexpr int kOutPitch = kAccDims / 2 + 4;  // words; the padding keeps the 8 rows of a store on distinct banks
+      constexpr int kWarpRows = 16, kChunks = kAccDims * 2 / 16;  // 16-byte pieces per row
+      uint32_t* stage = reinterpret_cast<uint32_t*>(sQ) + (wg * 4 + warp) * 2 * kWarpRows * kOutPitch;
+      static_assert(8 * 2 * kWarpRows * kOutPitch * 4 <= L::kDq - L::kQ, "dK/dV stage");
+      // acc's 16 rows of the warp, times scale, at rows [0, 16) of dst.
+      auto stage_rows = [&](const float(&acc)[kAcc], float scale, uint32_t* dst) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
+#pragma unroll
+          for (int j = 0; j < kAccDims / 8; ++j)
+            dst[(lane / 4 + 8 * r) * kOutPitch + (8 * j + col) / 2] =
+                pack<kBf16>(acc[4 * j + 2 * r] * scale, acc[4 * j + 2 * r + 1] * scale);
+      };
       stage_rows(dk, a.scale, stage);
       stage_rows(dv, 1.f, stage + kWarpRows * kOutPitch);
-    }
-    if constexpr (kPersist) {
-      // Lane r < 16 sends row r, of dK and then of dV, by one bulk copy.
-      const int key = end_key0 - lane / 4 + lane;  // the warp's first key + lane
-#pragma unroll
-      for (int t = 0; t < 2; ++t) {
-        stage_rows(t ? dv : dk, t ? 1.f : a.scale, stage);
-        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-        __syncwarp();
-        if (lane < kWarpRows && key < a.seqlen_k) send_row(t, key, stage + lane * kOutPitch);
-        __syncwarp();
-      }
-      // Every warp's rows read before the next block's dS^T overwrites them.
-      consumers_sync();
-    } else if constexpr (BM == kBwdBlockMFull) {
-      // Unmasked calls: lane l sends row l % 16 of dK (l < 16) or of dV by one
-      // bulk copy (H200: +1-5% at 512-16k). The masked kernel keeps the 16-byte
-      // stores, measured no slower there (docs/hopper-notes.md, bepi80).
-      static_assert(2 * kWarpRows == 32, "a lane per row");
-      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-      __syncwarp();
-      const int t = lane / kWarpRows, r = lane % kWarpRows;
-      const int key = end_key0 - lane / 4 + r;  // the warp's first key + r
-      if (key < a.seqlen_k) send_row(t, key, stage + (t * kWarpRows + r) * kOutPitch);
-    } else {
       __syncwarp();
 #pragma unroll
       for (int c = lane; c < 2 * kWarpRows * kChunks; c += 32) {
@@ -784,7 +791,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         const int key = end_key0 - lane / 4 + r;  // the warp's first key + r
         if (key >= a.seqlen_k) continue;
         const uint4 x = *reinterpret_cast<const uint4*>(stage + (t * kWarpRows + r) * kOutPitch + 4 * chunk);
-        reinterpret_cast<uint4*>(out_row(t, key))[chunk] = x;
+        reinterpret_cast<uint4*>(static_cast<uint16_t*>(t ? a.dv : a.dk) +
+                                 ((static_cast<int64_t>(end.batch) * a.seqlen_k + key) * a.heads + end.head) * D +
+                                 dim0)[chunk] = x;
       }
     }
   }
@@ -940,6 +949,12 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
   if (kStatsInStage<D, BM> &&
       (e = make_stats_map(&stats_map, p.softmax_d, pairs, padded_q, BM)) != cudaSuccess)
     return e;
+  // The 80-row kernels' dK and dV leave by TMA stores of 64-key boxes.
+  CUtensorMap dk_map{}, dv_map{};
+  if (BM == kBwdBlockMFull &&
+      ((e = make_map(&dk_map, p.dk, kBf16, p.batch, p.seqlen_k, p.heads, D, 64)) != cudaSuccess ||
+       (e = make_map(&dv_map, p.dv, kBf16, p.batch, p.seqlen_k, p.heads, D, 64)) != cudaSuccess))
+    return e;
   bwd_prep_kernel<kBf16, D><<<(stat_rows + 7) / 8, 256, 0, stream>>>(
       p.out, p.dout, p.lse, p.softmax_d, p.dq_accum, stat_rows, p.heads, p.seqlen_q, padded_q, m_blocks * BM,
       dq_done, pairs);
@@ -978,10 +993,12 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
   dependent.val.programmaticStreamSerializationAllowed = 1;
   if (blocks > 0) {
     if (cut.split > 1 && !cut_in_tail(cut, sms)) {
-      cut_kernel<<<cut.items, kBwdThreads, smem, stream>>>(q_map, k_map, v_map, do_map, stats_map, a);
+      cut_kernel<<<cut.items, kBwdThreads, smem, stream>>>(q_map, k_map, v_map, do_map, stats_map, dk_map,
+                                                            dv_map, a);
     } else {
       const dim3 grid = persist ? dim3(std::min(cut.whole, sms)) : dim3(a.n_blocks, p.heads, p.batch);
-      uncut_kernel<<<grid, kBwdThreads, smem, stream>>>(q_map, k_map, v_map, do_map, stats_map, a);
+      uncut_kernel<<<grid, kBwdThreads, smem, stream>>>(q_map, k_map, v_map, do_map, stats_map, dk_map, dv_map,
+                                                         a);
       if (cut.split > 1 && (e = cudaPeekAtLastError()) == cudaSuccess) {
         a.cta_base = cut.whole;
         cudaLaunchConfig_t tail = {};
@@ -991,7 +1008,7 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
         tail.stream = stream;
         tail.attrs = &dependent;
         tail.numAttrs = 1;
-        e = cudaLaunchKernelEx(&tail, cut_kernel, q_map, k_map, v_map, do_map, stats_map, a);
+        e = cudaLaunchKernelEx(&tail, cut_kernel, q_map, k_map, v_map, do_map, stats_map, dk_map, dv_map, a);
       }
     }
   }

@@ -117,13 +117,6 @@ __device__ __forceinline__ void tma_store(const CUtensorMap* map, const void* sr
       "r"(d), "r"(head), "r"(row), "r"(batch), "r"(smem_addr(src))
       : "memory");
 }
-// Copies `bytes` (a multiple of 16) from shared to global memory, in the
-// current bulk group.
-__device__ __forceinline__ void bulk_store(void* dst, const void* src, int bytes) {
-  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(dst), "r"(smem_addr(src)),
-               "r"(bytes)
-               : "memory");
-}
 __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
 __device__ __forceinline__ void bulk_wait_read() {
   asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
