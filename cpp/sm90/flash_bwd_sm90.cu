@@ -753,7 +753,10 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       if constexpr (kPersist) dq_stage_wait_empty(wg);  // every walk has queries (kPersistMinQueries)
       stage_boxes(dv, 1.f, dv_boxes);
       asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-      consumer_sync(wg);
+      // Both consumers, though each sends its own boxes: with this warpgroup's
+      // barrier ptxas allocated the one-block kernels' query loops anew (a
+      // spilled load more per step at d 128, and 7 in the cut kernel's).
+      consumers_sync();
       if (wg_thread == 0) {
         // Keys past seqlen_k are left out by the tensor maps' bounds.
         const int box_key0 = end.n_block * kBlockN + wg_key_local;
