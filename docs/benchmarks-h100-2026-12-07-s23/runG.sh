@@ -1,0 +1,4 @@
+#!/bin/bash
+# Call G (twenty-third session; given inline to the device tool, carry [".carry/s24f"], on call F's
+# warm machine): btma against main at d 64, `time 64` alternated, two rounds, bursts and sustained.
+C=.carry/s24f; L=$OUT/logs; mkdir -p $L; for b in bwd_fin bwd_tma; do unxz -k -f $C/$b.xz; chmod +x $C/$b; done; ext() { grep bench | sed 's/.*: *\([0-9.]*\) ms, *\([0-9.]*\) TF.*/\1/' | tr '\n' ' '; }; for r in 1 2; do for b in bwd_fin bwd_tma; do echo "$b $(JFA_BENCH_MS=300 timeout 25 $C/$b time 64 | ext)" >> $L/sustained64.log; echo "$b $(timeout 15 $C/$b time 64 | ext)" >> $L/time64.log; done; done; echo "== d64 bursts"; python3 tests/device/median_times.py $L/time64.log bwd_fin; echo "== d64 sustained"; python3 tests/device/median_times.py $L/sustained64.log bwd_fin; cat $L/*.log
