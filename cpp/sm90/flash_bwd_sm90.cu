@@ -735,23 +735,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
                     "dK/dV boxes");
       unsigned char* dk_boxes = (kPersist ? sdS : sQ) + wg * kTensorBytes;
       unsigned char* dv_boxes = kPersist ? sdQ + wg * L::kDqStageBytes : sQ + (2 + wg) * kTensorBytes;
-      // Lane l addresses row l % 8 of matrix l / 8: rows + 8 for odd matrices,
-      // the next column group for the upper two.
-      const int m = lane / 8, row = warp * 16 + lane % 8 + 8 * (m % 2);
-      auto stage_boxes = [&](const float(&acc)[kAcc], float scale, unsigned char* boxes) {
-#pragma unroll
-        for (int j = 0; j < kAccDims / 8; j += 2) {
-          const int g = j + m / 2;  // column group of 8
-          stmatrix_x4(boxes + (g / 8) * kBoxBytes + row * kBoxRowBytes + (((g % 8) ^ (row % 8)) << 4),
-                      pack<kBf16>(acc[4 * j] * scale, acc[4 * j + 1] * scale),
-                      pack<kBf16>(acc[4 * j + 2] * scale, acc[4 * j + 3] * scale),
-                      pack<kBf16>(acc[4 * j + 4] * scale, acc[4 * j + 5] * scale),
-                      pack<kBf16>(acc[4 * j + 6] * scale, acc[4 * j + 7] * scale));
-        }
-      };
-      stage_boxes(dk, a.scale, dk_boxes);
+      stage_swizzled_boxes<kBf16, kAccDims>(dk_boxes, dk, {a.scale, a.scale}, warp, lane);
       if constexpr (kPersist) dq_stage_wait_empty(wg);  // every walk has queries (kPersistMinQueries)
-      stage_boxes(dv, 1.f, dv_boxes);
+      stage_swizzled_boxes<kBf16, kAccDims>(dv_boxes, dv, {1.f, 1.f}, warp, lane);
       asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
       // Both consumers, though each sends its own boxes: with this warpgroup's
       // barrier ptxas allocated the one-block kernels' query loops anew (a

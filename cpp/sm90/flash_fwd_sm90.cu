@@ -404,18 +404,7 @@ __global__ void __launch_bounds__(threads(kConsumers), 1)
     const bool leader = warp == 0 && lane == 0;
     if (leader) bulk_wait_read();
     o_stage_sync<kConsumers>(wg);
-    // Lane l addresses row l % 8 of matrix l / 8: rows + 8 for odd matrices,
-    // the next column group for the upper two.
-    const int m = lane / 8, row = warp * 16 + lane % 8 + 8 * (m % 2);
-#pragma unroll
-    for (int j = 0; j < D / 8; j += 2) {
-      const int g = j + m / 2;  // column group of 8
-      stmatrix_x4(o_tile + (g / 8) * 64 * kBoxRowBytes + row * kBoxRowBytes + (((g % 8) ^ (row % 8)) << 4),
-                  pack<kBf16>(o[4 * j] * inv[0], o[4 * j + 1] * inv[0]),
-                  pack<kBf16>(o[4 * j + 2] * inv[1], o[4 * j + 3] * inv[1]),
-                  pack<kBf16>(o[4 * j + 4] * inv[0], o[4 * j + 5] * inv[0]),
-                  pack<kBf16>(o[4 * j + 6] * inv[1], o[4 * j + 7] * inv[1]));
-    }
+    stage_swizzled_boxes<kBf16, D>(o_tile, o, inv, warp, lane);
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     o_stage_sync<kConsumers>(wg);
     if (leader) {

@@ -290,6 +290,27 @@ __device__ __forceinline__ uint32_t pack(float x, float y) {
   }
 }
 
+// A warpgroup's m64 x kCols accumulator tile (the wgmma layout: thread t of
+// warp w holds rows 16 w + t / 4 and + 8, columns 2 (t % 4) + 8 j and + 1 as
+// acc[4 j ..]) into 64-row boxes of 64 columns in the 128-byte swizzle, the
+// layout of a TMA store: 16-bit values, rows r and r + 8 times scale[0] and
+// scale[1]. By stmatrix: lane l addresses row l % 8 of matrix l / 8 (rows + 8
+// for odd matrices, the next column group for the upper two).
+template <bool kBf16, int kCols>
+__device__ __forceinline__ void stage_swizzled_boxes(unsigned char* boxes, const float* acc, const float (&scale)[2],
+                                                     int warp, int lane) {
+  const int m = lane / 8, row = warp * 16 + lane % 8 + 8 * (m % 2);
+#pragma unroll
+  for (int j = 0; j < kCols / 8; j += 2) {
+    const int g = j + m / 2;  // column group of 8
+    stmatrix_x4(boxes + (g / 8) * 64 * kBoxRowBytes + row * kBoxRowBytes + (((g % 8) ^ (row % 8)) << 4),
+                pack<kBf16>(acc[4 * j] * scale[0], acc[4 * j + 1] * scale[0]),
+                pack<kBf16>(acc[4 * j + 2] * scale[1], acc[4 * j + 3] * scale[1]),
+                pack<kBf16>(acc[4 * j + 4] * scale[0], acc[4 * j + 5] * scale[0]),
+                pack<kBf16>(acc[4 * j + 6] * scale[1], acc[4 * j + 7] * scale[1]));
+  }
+}
+
 // pack's inverse.
 template <bool kBf16>
 __device__ __forceinline__ float2 unpack(uint32_t x) {
