@@ -210,10 +210,15 @@ __device__ __forceinline__ BlockPos block_pos(const BwdArgs& a) {
 // the same length, which the dQ warp's handoff counts on. Used at D = 128 for
 // walks of kPersistMinQueries or more: H100, through JAX, fwd+bwd +1.0-1.5%
 // from 1k to 16k, but 1.2-1.3% slower at 512, and 1-2% slower at every
-// length at D = 64 (docs/hopper-notes.md, twenty-second session).
+// length at D = 64 (docs/hopper-notes.md, twenty-second session; at 512 ncu
+// then put the loss in the per-row dK/dV copies that TMA stores have since
+// replaced: twenty-third session, not yet measured persistent again).
 template <int D, int BM>
 constexpr bool kPersistentBwd = D == 128 && BM == kBwdBlockMFull;
 constexpr int kPersistMinQueries = 1024;
+// Every persistent walk then has queries, which the epilogue's wait for the
+// dQ warp's last handback relies on.
+static_assert(kPersistMinQueries > 0, "persistent walks need queries");
 __device__ __forceinline__ BlockPos persistent_pos(const BwdArgs& a, int block) {
   const int bh = block / a.n_blocks;
   return BlockPos{block - bh * a.n_blocks, bh % a.heads, bh / a.heads, -1, 0};
