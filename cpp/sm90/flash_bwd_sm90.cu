@@ -739,7 +739,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
                              : 4 * kTensorBytes <= L::kDq - L::kQ,
                     "dK/dV boxes");
       unsigned char* dk_boxes = (kPersist ? sdS : sQ) + wg * kTensorBytes;
-      unsigned char* dv_boxes = kPersist ? sdQ + wg * L::kDqStageBytes : sQ + (2 + wg) * kTensorBytes;
+      unsigned char* dv_boxes = kPersist ? reinterpret_cast<unsigned char*>(dq_stage) : sQ + (2 + wg) * kTensorBytes;
       stage_swizzled_boxes<kBf16, kAccDims>(dk_boxes, dk, {a.scale, a.scale}, warp, lane);
       if constexpr (kPersist) dq_stage_wait_empty(wg);  // every walk has queries (kPersistMinQueries)
       stage_swizzled_boxes<kBf16, kAccDims>(dv_boxes, dv, {1.f, 1.f}, warp, lane);
