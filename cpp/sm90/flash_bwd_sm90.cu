@@ -210,9 +210,9 @@ __device__ __forceinline__ BlockPos block_pos(const BwdArgs& a) {
 // the same length, which the dQ warp's handoff counts on. Used at D = 128 for
 // walks of kPersistMinQueries or more: H100, through JAX, fwd+bwd +1.0-1.5%
 // from 1k to 16k, but 1.2-1.3% slower at 512, and 1-2% slower at every
-// length at D = 64 (docs/hopper-notes.md, twenty-second session; at 512 ncu
-// then put the loss in the per-row dK/dV copies that TMA stores have since
-// replaced: twenty-third session, not yet measured persistent again).
+// length at D = 64 (docs/hopper-notes.md, twenty-second session). With dK/dV
+// by TMA stores since, it is level at 512 and still 1-4% slower at D = 64
+// (standalone; twenty-fourth session), so the rule stays.
 template <int D, int BM>
 constexpr bool kPersistentBwd = D == 128 && BM == kBwdBlockMFull;
 constexpr int kPersistMinQueries = 1024;
