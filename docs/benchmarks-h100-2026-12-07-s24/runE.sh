@@ -3,7 +3,7 @@
 # dim. rust_so_all is the extension of `bazel build //python:jflash_attn_wheel
 # --//cpp:head_dims=64,128,256 --//cpp:dtypes=fp16,bf16 --//cpp:splitkv=false` at main (CI's own
 # has FlashAttention-2 at bf16/128 only, so the front end refused d 64 and d 256 calls to it and
-# calls B's Rust columns there were skipped). The whole suite with it, then d 64 and d 256 tables,
+# call B's Rust columns there were skipped). The whole suite with it, then d 64 and d 256 tables,
 # both bindings and cuDNN (the best peer there; FA3 has no d 256 backward and trails at d 64).
 # Marks as run: cut to the session's last 166 s of device time (150 / 290 / 400 for a full call).
 L=$OUT/logs; mkdir -p $L; C=.carry/s24
